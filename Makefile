@@ -1,0 +1,57 @@
+# One command to run, one to test. Both set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+HOST ?= $(shell $(PY) -c "from chatbot_site.config import load_config as l; print(l().server.host)" 2>/dev/null || echo 0.0.0.0)
+PORT ?= $(shell $(PY) -c "from chatbot_site.config import load_config as l; print(l().server.port)" 2>/dev/null || echo 8080)
+# Scaled-out test run: the local Redis and PostgreSQL (database `test`, trust auth).
+SCALED_REDIS_URL ?= redis://127.0.0.1:6379/14
+SCALED_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+PYTEST_ARGS ?=
+
+.PHONY: run test test-embedded test-scaled lint format migrate clean
+
+$(VENV)/.runtime: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+migrate: $(VENV)/.runtime
+	$(PY) manage.py migrate --noinput
+
+run: migrate
+	@echo "chatbot-backend: serving on http://$(HOST):$(PORT) (Ctrl-C stops it)"
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatbot_site.asgi:application
+
+# The whole suite twice: on the embedded default, then scaled out on Redis + PostgreSQL.
+test: test-embedded test-scaled
+
+test-embedded: $(VENV)/.dev
+	@echo "=== test suite: embedded default (SQLite, database caches, in-memory channel layer) ==="
+	env -u REDIS_URL -u DATABASE_URL $(PY) -m pytest $(PYTEST_ARGS)
+
+test-scaled: $(VENV)/.dev
+	@echo "=== test suite: scaled out (REDIS_URL=$(SCALED_REDIS_URL) DATABASE_URL=$(SCALED_DATABASE_URL)) ==="
+	@if $(PY) -m tests.services_up "$(SCALED_REDIS_URL)" "$(SCALED_DATABASE_URL)"; then \
+		REDIS_URL=$(SCALED_REDIS_URL) DATABASE_URL=$(SCALED_DATABASE_URL) $(PY) -m pytest $(PYTEST_ARGS); \
+	elif [ -n "$$REQUIRE_SCALED" ]; then \
+		echo "scaled-out run required but Redis/PostgreSQL are not reachable"; exit 1; \
+	else \
+		echo "SKIPPED scaled-out run: Redis or PostgreSQL not reachable (start them; see README)"; \
+	fi
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.dev
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache

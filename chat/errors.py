@@ -1,0 +1,95 @@
+"""The exception tree and the one JSON error shape: ``{"error": "<sentence>", "code": "<snake_case>"}``.
+
+Services raise these; interfaces turn them into responses with :func:`error_response` (or into one
+SSE ``event: error`` frame mid-stream). Ollama's failures are translated at the client boundary
+(``chat.ollama``) into the ``Ollama*`` subclasses.
+"""
+
+from __future__ import annotations
+
+from django.http import JsonResponse
+
+
+class ApiError(Exception):
+    """An error a client should see: HTTP status, stable code, human sentence."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.retry_after = retry_after
+
+    def as_dict(self) -> dict[str, str]:
+        return {"error": self.message, "code": self.code}
+
+
+class BadRequest(ApiError):
+    status, code = 400, "bad_request"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class TooManyRequests(ApiError):
+    status, code = 429, "too_many_requests"
+
+
+class OllamaError(ApiError):
+    """Ollama answered with an error we have no better name for."""
+
+    status, code = 502, "ollama_error"
+
+
+class OllamaUnavailable(OllamaError):
+    status, code = 502, "ollama_unavailable"
+
+
+class OllamaTimeout(OllamaError):
+    status, code = 504, "ollama_timeout"
+
+
+class OllamaModelNotFound(OllamaError):
+    status, code = 404, "model_not_found"
+
+
+class OllamaBadResponse(OllamaError):
+    status, code = 502, "ollama_bad_response"
+
+
+class OllamaBusy(OllamaError):
+    status, code = 503, "ollama_busy"
+
+
+def error_response(exc: ApiError) -> JsonResponse:
+    """The JSON response for an :class:`ApiError` (with ``Retry-After`` when it carries one)."""
+    response = JsonResponse(exc.as_dict(), status=exc.status)
+    if exc.retry_after is not None:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def json_error(status: int, code: str, message: str) -> JsonResponse:
+    """An error response for the framework's own failures (404, 500, bad host...)."""
+    return error_response(ApiError(message, code=code, status=status))

@@ -1,0 +1,222 @@
+"""Speaks Ollama's HTTP API, nothing else.
+
+One :class:`OllamaClient` per event loop wraps one ``httpx.AsyncClient`` (so its connection pool is
+reused). Streaming calls yield parsed NDJSON chunks. Every transport or protocol failure leaves this
+module as one of the ``chat.errors.Ollama*`` exceptions; nothing above it sees httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from django.conf import settings
+
+from chat.errors import (
+    OllamaBadResponse,
+    OllamaBusy,
+    OllamaError,
+    OllamaModelNotFound,
+    OllamaTimeout,
+    OllamaUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+# Ollama sends no Retry-After with its 503; a short back-off is what its own clients do.
+BUSY_RETRY_AFTER_SECONDS = 2
+
+
+def keep_alive_param(value: str | int | float) -> str | int | float:
+    """Ollama rejects a bare numeric *string* with 400; send numbers as numbers."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    return value
+
+
+class OllamaClient:
+    """A reusable client for one Ollama server, with the timeouts from settings."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        connect_timeout: float,
+        first_token_timeout: float,
+        idle_timeout: float,
+        generation_timeout: float,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.first_token_timeout = first_token_timeout
+        self.idle_timeout = idle_timeout
+        self.generation_timeout = generation_timeout
+        # Read timeouts are enforced per chunk below (first token vs. idle), not by httpx.
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=None),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+
+    @classmethod
+    def from_settings(cls) -> OllamaClient:
+        """Build a client from the ``OLLAMA_*`` settings."""
+        return cls(
+            base_url=settings.OLLAMA_API_URL,
+            connect_timeout=settings.OLLAMA_CONNECT_TIMEOUT_SECONDS,
+            first_token_timeout=settings.OLLAMA_FIRST_TOKEN_TIMEOUT_SECONDS,
+            idle_timeout=settings.OLLAMA_IDLE_TIMEOUT_SECONDS,
+            generation_timeout=settings.OLLAMA_GENERATION_TIMEOUT_SECONDS,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # --- simple JSON calls ---------------------------------------------------------------------
+
+    async def version(self) -> str:
+        """Ollama's version string (``GET /api/version``)."""
+        data = await self._json("GET", "/api/version", timeout=self.first_token_timeout)
+        return str(data.get("version", ""))
+
+    async def tags(self) -> list[dict[str, Any]]:
+        """The models Ollama has (``GET /api/tags``)."""
+        data = await self._json("GET", "/api/tags", timeout=self.first_token_timeout)
+        return list(data.get("models") or [])
+
+    async def ps(self) -> list[dict[str, Any]]:
+        """The models loaded in memory now (``GET /api/ps``)."""
+        data = await self._json("GET", "/api/ps", timeout=self.first_token_timeout)
+        return list(data.get("models") or [])
+
+    async def show(self, model: str) -> dict[str, Any]:
+        """A model's details (``POST /api/show``)."""
+        return await self._json("POST", "/api/show", {"model": model}, timeout=self.first_token_timeout)
+
+    async def load(self, model: str, keep_alive: str | int | float) -> dict[str, Any]:
+        """Load a model (empty chat) and keep it for ``keep_alive``; returns Ollama's answer."""
+        payload = {"model": model, "messages": [], "keep_alive": keep_alive_param(keep_alive)}
+        return await self._json("POST", "/api/chat", payload, timeout=self.first_token_timeout)
+
+    async def _json(
+        self, method: str, path: str, payload: dict[str, Any] | None = None, *, timeout: float
+    ) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._http.request(method, path, json=payload)
+        except TimeoutError:
+            raise OllamaTimeout(f"Ollama did not answer {path} within {timeout:g} s") from None
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc) from None
+        if response.status_code >= 400:
+            raise self._status_error(response.status_code, response.content)
+        return _parse_object(response.content, path)
+
+    # --- streaming -----------------------------------------------------------------------------
+
+    async def stream(self, path: str, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """POST ``payload`` with ``stream: true`` and yield each NDJSON chunk up to ``done``.
+
+        Timeouts: the first chunk must come within ``first_token_timeout`` (model load and prompt
+        evaluation happen before it), each later one within ``idle_timeout``, and the whole
+        generation within ``generation_timeout``. Closing the generator closes the HTTP request,
+        which makes Ollama stop generating.
+        """
+        body = {**payload, "stream": True}
+        deadline = time.monotonic() + self.generation_timeout
+        request = self._http.build_request("POST", path, json=body)
+        try:
+            async with asyncio.timeout(self.first_token_timeout):
+                response = await self._http.send(request, stream=True)
+        except TimeoutError:
+            raise OllamaTimeout(f"Ollama sent no response within {self.first_token_timeout:g} s") from None
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc) from None
+        try:
+            if response.status_code >= 400:
+                raise self._status_error(response.status_code, await response.aread())
+            lines = response.aiter_lines()
+            limit, what = self.first_token_timeout, "first token"
+            while True:
+                limit = min(limit, deadline - time.monotonic())
+                if limit <= 0:
+                    raise OllamaTimeout(f"Ollama's generation took longer than {self.generation_timeout:g} s")
+                try:
+                    async with asyncio.timeout(limit):
+                        line = await anext(lines)
+                except StopAsyncIteration:
+                    raise OllamaBadResponse("Ollama ended the stream before it was done") from None
+                except TimeoutError:
+                    raise OllamaTimeout(f"Ollama sent no {what} within {limit:g} s") from None
+                except httpx.TransportError as exc:
+                    raise OllamaBadResponse(
+                        f"the connection to Ollama broke mid-stream ({type(exc).__name__})"
+                    ) from None
+                if not line.strip():
+                    continue
+                chunk = _parse_object(line.encode(), path)
+                if "error" in chunk:
+                    raise OllamaError(f"Ollama reported an error: {chunk['error']}")
+                yield chunk
+                if chunk.get("done"):
+                    return
+                limit, what = self.idle_timeout, "token"
+        finally:
+            await response.aclose()
+
+    # --- error mapping -------------------------------------------------------------------------
+
+    def _unavailable(self, exc: Exception) -> OllamaUnavailable:
+        logger.warning("Ollama at %s unreachable: %s", self.base_url, exc)
+        return OllamaUnavailable(f"Ollama at {self.base_url} is unreachable ({type(exc).__name__})")
+
+    @staticmethod
+    def _status_error(status: int, content: bytes) -> OllamaError:
+        try:
+            message = str(json.loads(content).get("error", "")) or f"HTTP {status}"
+        except (ValueError, AttributeError):
+            message = f"HTTP {status}"
+        if status == 404:
+            return OllamaModelNotFound(message)
+        if status == 503:
+            return OllamaBusy(f"Ollama is busy: {message}", retry_after=BUSY_RETRY_AFTER_SECONDS)
+        if status == 400:
+            return OllamaError(f"Ollama rejected the request: {message}", status=400, code="ollama_rejected")
+        return OllamaError(f"Ollama answered HTTP {status}: {message}")
+
+
+def _parse_object(raw: bytes, path: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise OllamaBadResponse(f"Ollama sent malformed JSON from {path}") from None
+    if not isinstance(value, dict):
+        raise OllamaBadResponse(f"Ollama sent a non-object from {path}")
+    return value
+
+
+# One client per event loop: an httpx pool is bound to the loop it was created on. Per-process by
+# nature; each process (server or worker) has its own pool to Ollama.
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OllamaClient] = weakref.WeakKeyDictionary()
+
+
+def get_client() -> OllamaClient:
+    """The running loop's client, created from settings on first use."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = _clients[loop] = OllamaClient.from_settings()
+    return client
+
+
+async def close_client() -> None:
+    """Close the running loop's client (on shutdown)."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()

@@ -1,0 +1,58 @@
+"""Per-process start-up of the background parts, and the pool that runs blocking work.
+
+daphne has no ASGI lifespan and ``AppConfig.ready()`` runs before its event loop exists, so the
+server calls :func:`start_process` from the reactor once it runs, and the ASGI application calls it
+again on its first event (for servers without that hook). It runs once per process and loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_started: set[int] = set()
+# Callables run (once per process and loop) when the process starts serving; apps register here.
+_startup_hooks: list[Callable[[asyncio.AbstractEventLoop], None]] = []
+
+
+def on_start(hook: Callable[[asyncio.AbstractEventLoop], None]) -> None:
+    """Register ``hook(loop)`` to run when this process starts serving."""
+    _startup_hooks.append(hook)
+
+
+def start_process(loop: asyncio.AbstractEventLoop) -> None:
+    """Install the blocking-work pool on ``loop`` and run the start-up hooks, once per loop."""
+    if id(loop) in _started:
+        return
+    _started.add(id(loop))
+    # [server] workers: the threads that run our blocking work (database and cache calls made
+    # through run_blocking). Each thread keeps at most one database connection.
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=settings.SERVER_WORKERS, thread_name_prefix="blocking")
+    )
+    for hook in _startup_hooks:
+        hook(loop)
+
+
+def _with_fresh_connection(fn: Callable[..., T]) -> Callable[..., T]:
+    def call(*args: Any, **kwargs: Any) -> T:
+        # Pool threads live long: drop connections that broke or outlived CONN_MAX_AGE first.
+        close_old_connections()
+        return fn(*args, **kwargs)
+
+    return call
+
+
+async def run_blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` on the process's blocking-work pool (``[server] workers`` threads)."""
+    return await sync_to_async(_with_fresh_connection(fn), thread_sensitive=False)(*args, **kwargs)

@@ -1,0 +1,35 @@
+"""System checks for deployment combinations that would silently misbehave."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Warning, register
+
+
+@register("deployment")
+def check_worker_reachable(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """Warn when the queue worker is meant to run in other processes but cannot hear them."""
+    layer = settings.CHANNEL_LAYERS["default"]["BACKEND"]
+    problems = []
+    if layer.endswith("InMemoryChannelLayer") and not settings.QUEUE_EMBEDDED_WORKER:
+        problems.append(
+            Warning(
+                "The queue worker is off in this process and the channel layer is in-memory.",
+                hint="`manage.py runworker` processes never see in-memory channel messages: set "
+                "REDIS_URL for separate workers, or QUEUE_EMBEDDED_WORKER=true.",
+                id="chatbot.W001",
+            )
+        )
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if settings.REDIS_URL and engine.endswith("sqlite3"):
+        problems.append(
+            Warning(
+                "REDIS_URL is set but the database is SQLite.",
+                hint="The queue table lives in the database: processes on other machines cannot "
+                "reach a SQLite file. Set DATABASE_URL to PostgreSQL to scale out across machines.",
+                id="chatbot.W002",
+            )
+        )
+    return problems

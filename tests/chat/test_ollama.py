@@ -1,0 +1,135 @@
+"""The Ollama client against the emulator over real HTTP: chunks, timeouts and the error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from chat.errors import (
+    OllamaBadResponse,
+    OllamaBusy,
+    OllamaError,
+    OllamaModelNotFound,
+    OllamaTimeout,
+    OllamaUnavailable,
+)
+from chat.ollama import OllamaClient, keep_alive_param
+from tests.fake_ollama import FakeOllama, reply_tokens
+
+BODY = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def make_client(url: str, **timeouts: float) -> OllamaClient:
+    values = {
+        "connect_timeout": 2.0,
+        "first_token_timeout": 5.0,
+        "idle_timeout": 5.0,
+        "generation_timeout": 30.0,
+    }
+    values.update(timeouts)
+    return OllamaClient(base_url=url, **values)
+
+
+async def collect(client: OllamaClient, body=BODY) -> list[dict]:
+    try:
+        return [chunk async for chunk in client.stream("/api/chat", body)]
+    finally:
+        await client.aclose()
+
+
+def test_stream_yields_every_chunk_then_done(ollama: FakeOllama):
+    chunks = asyncio.run(collect(make_client(ollama.url)))
+    assert [c["message"]["content"] for c in chunks[:-1]] == reply_tokens(BODY, 8)
+    assert chunks[-1]["done"] is True and chunks[-1]["eval_count"] == 8
+
+
+def test_json_calls(ollama: FakeOllama):
+    async def run():
+        client = make_client(ollama.url)
+        try:
+            return (
+                await client.version(),
+                await client.tags(),
+                await client.load("llama3.2:1b", "300"),
+                await client.ps(),
+            )
+        finally:
+            await client.aclose()
+
+    version, tags, load, ps = asyncio.run(run())
+    assert version and len(tags) == 3
+    assert load["done_reason"] == "load" and [m["name"] for m in ps] == ["llama3.2:1b"]
+    # "300" went out as the number 300: a numeric string would have been a 400.
+    assert ollama.requests[-2].body["keep_alive"] == 300
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "code"),
+    [
+        ("refuse", OllamaUnavailable, "ollama_unavailable"),
+        ("http500", OllamaError, "ollama_error"),
+        ("busy", OllamaBusy, "ollama_busy"),
+        ("malformed", OllamaBadResponse, "ollama_bad_response"),
+        ("error_line", OllamaError, "ollama_error"),
+        ("cut", OllamaBadResponse, "ollama_bad_response"),
+    ],
+)
+def test_faults_map_to_our_errors(ollama: FakeOllama, fault, error, code):
+    ollama.configure(fault=fault, fault_after=2)
+    with pytest.raises(error) as exc:
+        asyncio.run(collect(make_client(ollama.url)))
+    assert exc.value.code == code
+    if fault == "busy":
+        assert exc.value.status == 503 and exc.value.retry_after
+
+
+def test_unknown_model_maps_to_model_not_found(ollama: FakeOllama):
+    with pytest.raises(OllamaModelNotFound) as exc:
+        asyncio.run(collect(make_client(ollama.url), {**BODY, "model": "missing:7b"}))
+    assert exc.value.status == 404 and "missing:7b" in exc.value.message
+
+
+def test_hang_before_headers_times_out_on_first_token(ollama: FakeOllama):
+    ollama.configure(fault="hang")
+    started = time.monotonic()
+    with pytest.raises(OllamaTimeout):
+        asyncio.run(collect(make_client(ollama.url, first_token_timeout=0.3)))
+    assert time.monotonic() - started < 3
+
+
+def test_stall_mid_stream_times_out_on_idle(ollama: FakeOllama):
+    ollama.configure(fault="stall", fault_after=2)
+    with pytest.raises(OllamaTimeout) as exc:
+        asyncio.run(collect(make_client(ollama.url, idle_timeout=0.3)))
+    assert "token" in exc.value.message
+    deadline = time.monotonic() + 2
+    while ollama.stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ollama.stats()["in_flight"] == 0  # our side closed the request
+
+
+def test_closing_the_stream_early_stops_the_upstream_generation(ollama: FakeOllama):
+    ollama.configure(token_delay=0.1, token_count=100)
+
+    async def first_then_leave():
+        client = make_client(ollama.url)
+        stream = client.stream("/api/chat", BODY)
+        first = await anext(stream)
+        await stream.aclose()
+        await client.aclose()
+        return first
+
+    first = asyncio.run(first_then_leave())
+    assert first["done"] is False
+    deadline = time.monotonic() + 1
+    while ollama.stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ollama.stats()["in_flight"] == 0 and ollama.stats()["aborted"] == 1
+
+
+def test_keep_alive_param():
+    assert keep_alive_param("15m") == "15m"
+    assert keep_alive_param("-1") == -1
+    assert keep_alive_param(0) == 0
