@@ -40,8 +40,25 @@ def start_process(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_default_executor(
         ThreadPoolExecutor(max_workers=settings.SERVER_WORKERS, thread_name_prefix="blocking")
     )
+    _connect_caches()
     for hook in _startup_hooks:
         hook(loop)
+
+
+def _connect_caches() -> None:
+    """Touch every cache once, on this thread, before requests arrive.
+
+    The Redis client imports modules lazily on its first connection; two pool threads connecting
+    for the first time at once can trip Python's import deadlock detection (seen in the deep
+    health check). One connection made here first avoids it.
+    """
+    from django.core.cache import caches
+
+    for alias in settings.CACHES:
+        try:
+            caches[alias].get("startup:probe")
+        except Exception as exc:  # noqa: BLE001 - a cache that is down is bypassed, not fatal
+            logger.warning("cache %r not reachable at start-up: %s", alias, exc)
 
 
 def _with_fresh_connection(fn: Callable[..., T]) -> Callable[..., T]:

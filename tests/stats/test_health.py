@@ -15,7 +15,7 @@ def test_health_is_the_seed_shape(server):
 def test_deep_health_checks_every_part(server, ollama):
     r = httpx.get(f"{server.url}/health", params={"deep": "1"}, timeout=10)
     body = r.json()
-    assert r.status_code == 200 and body["status"] == "healthy"
+    assert r.status_code == 200 and body["status"] == "healthy", body
     assert set(body["checks"]) == {
         "database",
         "response_cache",
