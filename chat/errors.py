@@ -93,3 +93,21 @@ def error_response(exc: ApiError) -> JsonResponse:
 def json_error(status: int, code: str, message: str) -> JsonResponse:
     """An error response for the framework's own failures (404, 500, bad host...)."""
     return error_response(ApiError(message, code=code, status=status))
+
+
+def error_from_code(code: str, message: str) -> ApiError:
+    """Rebuild the error a job failed with (stored as code + message) with its HTTP status."""
+    for cls in _all_subclasses(ApiError):
+        if cls.code == code:
+            return cls(message)
+    if code == "worker_lost":
+        return ApiError(message, code=code, status=503)
+    return ApiError(message, code=code or "failed", status=502)
+
+
+def _all_subclasses(cls: type[ApiError]) -> list[type[ApiError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_all_subclasses(sub))
+    return found

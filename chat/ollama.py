@@ -163,9 +163,11 @@ class OllamaClient:
                 chunk = _parse_object(line.encode(), path)
                 if "error" in chunk:
                     raise OllamaError(f"Ollama reported an error: {chunk['error']}")
-                yield chunk
                 if chunk.get("done"):
+                    await _drain(lines)
+                    yield chunk
                     return
+                yield chunk
                 limit, what = self.idle_timeout, "token"
         finally:
             await response.aclose()
@@ -189,6 +191,16 @@ class OllamaClient:
         if status == 400:
             return OllamaError(f"Ollama rejected the request: {message}", status=400, code="ollama_rejected")
         return OllamaError(f"Ollama answered HTTP {status}: {message}")
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read the end of the chunked body so the connection goes back to the pool for reuse."""
+    try:
+        async with asyncio.timeout(1.0):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx.TransportError):
+        pass
 
 
 def _parse_object(raw: bytes, path: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The ASGI application daphne serves: Django's HTTP app plus the background parts of the process."""
+"""The ASGI application: Django's HTTP app, and the queue worker on the ``chat-worker`` channel."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatbot_site.settings")
 django_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402 - needs Django set up first
+# These need Django set up first.
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
 
-from chatbot_site.runtime import start_process  # noqa: E402
+from chatbot_site.runtime import start_process, stop_process  # noqa: E402
+from queueing.consumers import SchedulerConsumer  # noqa: E402
 
 
-class StartOnFirstEvent:
-    """Runs the process start-up on the first ASGI event, for servers without a start hook."""
+class StartOnFirstRequest:
+    """Runs the server start-up on the first HTTP event, for servers without a start hook."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -28,11 +31,20 @@ class StartOnFirstEvent:
         await self.app(scope, receive, send)
 
 
-application = StartOnFirstEvent(ProtocolTypeRouter({"http": django_app}))
+application = ProtocolTypeRouter(
+    {
+        "http": StartOnFirstRequest(django_app),
+        "channel": ChannelNameRouter({settings.QUEUE_WORKER_CHANNEL: SchedulerConsumer.as_asgi()}),
+    }
+)
 
 if "twisted.internet.reactor" in sys.modules:
     # Under daphne: start as soon as the reactor runs, so queued work is picked up without waiting
-    # for a first request. callLater(0, ...) is needed: called directly it fails silently.
-    from twisted.internet import reactor
+    # for a first request (callLater(0, ...) is needed: called directly it fails silently), and on
+    # SIGTERM hand queued work back before the reactor stops.
+    from twisted.internet import defer, reactor
 
     reactor.callWhenRunning(lambda: reactor.callLater(0, lambda: start_process(asyncio.get_event_loop())))
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: defer.Deferred.fromFuture(asyncio.ensure_future(stop_process()))
+    )

@@ -154,6 +154,24 @@ class QueueConfig:
     # Run the queue worker inside each server process (the embedded default). Turn off when
     # separate `manage.py runworker chat-worker` processes drain the queue.
     embedded_worker: bool = setting(True, "QUEUE_EMBEDDED_WORKER")
+    # A worker renews its jobs' leases every lease/3 s; a job whose lease lapses (its worker died)
+    # is re-queued (or failed after max_attempts).
+    lease_seconds: float = setting(30.0, "QUEUE_LEASE_SECONDS", between(1, 3600))
+    max_attempts: int = setting(3, "QUEUE_MAX_ATTEMPTS", between(1, 100))
+    # Workers also poll this often, so a lost wake-up message only delays work.
+    poll_interval_ms: int = setting(1000, "QUEUE_POLL_INTERVAL_MS", between(10, 60_000))
+    # One priority step is worth this many seconds of waiting: a request of priority p submitted at
+    # t is ordered as if submitted at t - p * aging, so low priorities are never starved for ever.
+    priority_aging_seconds: float = setting(30.0, "QUEUE_PRIORITY_AGING_SECONDS", between(0, 86_400))
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_body_bytes: int = setting(1_048_576, "LIMITS_MAX_BODY_BYTES", between(1024, 100 * 1_048_576))
+    max_messages: int = setting(500, "LIMITS_MAX_MESSAGES", between(1, 100_000))
+    max_message_chars: int = setting(200_000, "LIMITS_MAX_MESSAGE_CHARS", between(1, 10_000_000))
+    # Higher runs first; requests outside the range are rejected.
+    max_priority: int = setting(10, "LIMITS_MAX_PRIORITY", between(0, 1_000_000))
 
 
 @dataclass(frozen=True)
@@ -191,6 +209,7 @@ class Config:
     conversation_cache: ConversationCacheConfig
     batch: BatchConfig
     queue: QueueConfig
+    limits: LimitsConfig
     database: DatabaseConfig
     redis: RedisConfig
     security: SecurityConfig

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -20,29 +21,56 @@ from django.db import close_old_connections
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+_prepared: set[int] = set()
 _started: set[int] = set()
-# Callables run (once per process and loop) when the process starts serving; apps register here.
-_startup_hooks: list[Callable[[asyncio.AbstractEventLoop], None]] = []
+# Run (once per server process) when it starts serving; apps register here from ready().
+_startup_hooks: list[Callable[[asyncio.AbstractEventLoop], Any]] = []
+_shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
 
 
-def on_start(hook: Callable[[asyncio.AbstractEventLoop], None]) -> None:
-    """Register ``hook(loop)`` to run when this process starts serving."""
+def on_start(hook: Callable[[asyncio.AbstractEventLoop], Any]) -> None:
+    """Register ``hook(loop)`` to run when this server process starts serving."""
     _startup_hooks.append(hook)
 
 
-def start_process(loop: asyncio.AbstractEventLoop) -> None:
-    """Install the blocking-work pool on ``loop`` and run the start-up hooks, once per loop."""
-    if id(loop) in _started:
+def on_shutdown(hook: Callable[[], Awaitable[None]]) -> None:
+    """Register a coroutine function to await when this server process stops (SIGTERM)."""
+    _shutdown_hooks.append(hook)
+
+
+def prepare_process(loop: asyncio.AbstractEventLoop) -> None:
+    """Install the blocking-work pool on ``loop`` and connect the caches, once per loop."""
+    if id(loop) in _prepared:
         return
-    _started.add(id(loop))
+    _prepared.add(id(loop))
     # [server] workers: the threads that run our blocking work (database and cache calls made
     # through run_blocking). Each thread keeps at most one database connection.
     loop.set_default_executor(
         ThreadPoolExecutor(max_workers=settings.SERVER_WORKERS, thread_name_prefix="blocking")
     )
-    _connect_caches()
+    # Off the event loop thread (the database cache refuses async contexts), but waited for.
+    connect = threading.Thread(target=_connect_caches, name="connect-caches")
+    connect.start()
+    connect.join()
+
+
+def start_process(loop: asyncio.AbstractEventLoop) -> None:
+    """Prepare the process, then run the server start-up hooks (the embedded worker...), once."""
+    prepare_process(loop)
+    if id(loop) in _started:
+        return
+    _started.add(id(loop))
     for hook in _startup_hooks:
         hook(loop)
+
+
+async def stop_process() -> None:
+    """Run the shutdown hooks (hand queued work back, close pools); each failure is logged."""
+    for hook in reversed(_shutdown_hooks):
+        try:
+            await hook()
+        except Exception:
+            logger.exception("shutdown hook %s failed", getattr(hook, "__qualname__", hook))
 
 
 def _connect_caches() -> None:

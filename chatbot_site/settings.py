@@ -143,7 +143,9 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 times reads out after 5 s by default, exactly channels_redis's blocking
+                # receive timeout (5 s): the receive then fails. Give reads more room than that.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 2}],
                 "prefix": f"{REDIS_KEY_PREFIX}:channels",
                 "capacity": 10_000,
                 "expiry": 60,
@@ -203,7 +205,18 @@ BATCH_DEDUPLICATION = CONFIG.batch.enable_deduplication
 QUEUE_MAX_CONCURRENT = CONFIG.queue.max_concurrent
 QUEUE_MAX_SIZE = CONFIG.queue.max_queue_size
 QUEUE_EMBEDDED_WORKER = CONFIG.queue.embedded_worker
+QUEUE_LEASE_SECONDS = CONFIG.queue.lease_seconds
+QUEUE_MAX_ATTEMPTS = CONFIG.queue.max_attempts
+QUEUE_POLL_INTERVAL_MS = CONFIG.queue.poll_interval_ms
+QUEUE_PRIORITY_AGING_SECONDS = CONFIG.queue.priority_aging_seconds
 QUEUE_WORKER_CHANNEL = "chat-worker"
+
+LIMITS_MAX_BODY_BYTES = CONFIG.limits.max_body_bytes
+LIMITS_MAX_MESSAGES = CONFIG.limits.max_messages
+LIMITS_MAX_MESSAGE_CHARS = CONFIG.limits.max_message_chars
+LIMITS_MAX_PRIORITY = CONFIG.limits.max_priority
+# Reading a larger body raises RequestDataTooBig, which the API answers with 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = LIMITS_MAX_BODY_BYTES
 
 # --- security: strict when TLS is terminated in front of us --------------------------------------
 

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin
+from django.contrib.staticfiles.views import serve as staticfiles_serve
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
 from chat.errors import json_error
+from queueing import views as queue_views
 from stats import views as stats_views
+
+
+def static(request: HttpRequest, path: str) -> Any:
+    """Admin assets, served by the app itself so the embedded default needs no web server."""
+    return staticfiles_serve(request, path, insecure=True)
+
 
 urlpatterns = [
     path("health", stats_views.health, name="health"),
+    path("api/chat-queue", queue_views.chat_queue, name="chat-queue"),
+    path("api/chat-queue/stream", queue_views.chat_queue_stream, name="chat-queue-stream"),
     path("admin/", admin.site.urls),
+    path(f"{settings.STATIC_URL.strip('/')}/<path:path>", static),
 ]
 
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-# Every key this test run writes to a shared Redis starts with this prefix, so runs never collide
-# and clean-up never touches anything else. Set before Django reads its settings.
-os.environ.setdefault("REDIS_KEY_PREFIX", f"chatbot-test-{uuid.uuid4().hex[:8]}")
+from django.conf import settings
 
 from tests.fake_ollama import FakeOllama
 from tests.live import LiveServer, server_env
+
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 SCALED = bool(os.environ.get("REDIS_URL") and os.environ.get("DATABASE_URL"))
 
@@ -69,8 +68,8 @@ def server_base_env(django_db_setup: Any, django_db_blocker: Any, emulator: Fake
         {
             "OLLAMA_API_URL": emulator.url,
             "OLLAMA_MODEL": "llama3.2:1b",
-            "LOG_LEVEL": "INFO",
-            "REDIS_KEY_PREFIX": os.environ["REDIS_KEY_PREFIX"],
+            "LOG_LEVEL": os.environ.get("TEST_SERVER_LOG_LEVEL", "INFO"),
+            "REDIS_KEY_PREFIX": settings.REDIS_KEY_PREFIX,  # tests/settings.py made it unique
         }
     )
     return env
@@ -82,15 +81,60 @@ def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def clean_caches(transactional_db: Any) -> None:
+    """Empty the response and conversation caches: their values outlive the database flush."""
+    from chat.caches import conversation_cache, response_cache
+
+    response_cache.clear()
+    conversation_cache.clear()
+
+
+class Servers:
+    """The session's default server, shared by tests needing no other configuration.
+
+    Only one set of workers may drain the test queue at a time, or a test's own server would share
+    its jobs with the default one; so a test that starts its own servers stops the shared one, and
+    the next test that needs it starts it again.
+    """
+
+    def __init__(self, base_env: dict[str, str], logs_dir: Path) -> None:
+        self.base_env, self.logs_dir = base_env, logs_dir
+        self.shared: LiveServer | None = None
+        self.starts = 0
+
+    def get_shared(self) -> LiveServer:
+        if self.shared is not None and self.shared.proc is not None and self.shared.proc.poll() is not None:
+            pytest.fail(f"the shared server died:\n{self.shared.log[-4000:]}")
+        if self.shared is None:
+            self.starts += 1
+            log = self.logs_dir / f"shared-{self.starts}.log"
+            self.shared = LiveServer(server_env(self.base_env, {}), log).start()
+        return self.shared
+
+    def stop_shared(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
+
+
+@pytest.fixture(scope="session")
+def servers(server_base_env: dict[str, str], logs_dir: Path) -> Iterator[Servers]:
+    pool = Servers(server_base_env, logs_dir)
+    yield pool
+    pool.stop_shared()
+
+
+@pytest.fixture
 def start_server(
-    server_base_env: dict[str, str], logs_dir: Path, request: pytest.FixtureRequest
+    servers: Servers, logs_dir: Path, request: pytest.FixtureRequest, ollama: FakeOllama, clean_caches: None
 ) -> Iterator[Callable[..., LiveServer]]:
     """Start a daphne server with env overrides (``QUEUE_MAX_CONCURRENT=2``...); stopped after."""
+    servers.stop_shared()
     started: list[LiveServer] = []
 
     def start(args: list[str] | None = None, **overrides: Any) -> LiveServer:
         log = logs_dir / f"{request.node.name}-{len(started)}.log"
-        server = LiveServer(server_env(server_base_env, overrides), log, args=args)
+        server = LiveServer(server_env(servers.base_env, overrides), log, args=args)
         started.append(server)
         return server.start()
 
@@ -99,17 +143,7 @@ def start_server(
         server.close()
 
 
-@pytest.fixture(scope="session")
-def shared_server(server_base_env: dict[str, str], logs_dir: Path) -> Iterator[LiveServer]:
-    """One server with the default test configuration, shared by the tests that need no other."""
-    server = LiveServer(server_env(server_base_env, {}), logs_dir / "shared.log").start()
-    yield server
-    server.close()
-
-
 @pytest.fixture
-def server(shared_server: LiveServer, ollama: FakeOllama, transactional_db: Any) -> LiveServer:
+def server(servers: Servers, ollama: FakeOllama, clean_caches: None) -> LiveServer:
     """The shared live server, with a reset emulator and a clean database for this test."""
-    if shared_server.proc is None or shared_server.proc.poll() is not None:
-        pytest.fail(f"the shared server died:\n{shared_server.log[-4000:]}")
-    return shared_server
+    return servers.get_shared()

@@ -1,0 +1,215 @@
+"""The response and conversation caches: keys, sizes, TTLs, LRU eviction by bytes, hit counters.
+
+Values live in the Django cache aliases ``responses`` and ``conversations`` (database cache on the
+embedded default, Redis scaled out). Their sizes and last-use times live in ``chat.CacheEntry`` and
+the hit/miss counters in ``stats.counters``, both in the shared database, so the byte limit and the
+statistics hold across processes in both deployments. A failing cache backend is logged and
+bypassed: callers see a miss, and a store is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import caches
+from django.db.models import Count, Sum
+
+from chat.models import CacheEntry
+from stats import counters
+
+logger = logging.getLogger(__name__)
+
+RESPONSES = "responses"
+CONVERSATIONS = "conversations"
+# Bump when the stored format changes: old entries are then simply never read again.
+KEY_VERSION = "v1"
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def response_key(
+    *,
+    endpoint: str,
+    model: str,
+    messages: list[dict[str, Any]] | None = None,
+    prompt: str | None = None,
+    system: str | None = None,
+    options: dict[str, Any] | None = None,
+    format: Any = None,
+    owner: str = "",
+) -> str:
+    """SHA-256 of everything that changes the answer (never ``stream`` or ``keep_alive``)."""
+    subject = {
+        "endpoint": endpoint,
+        "model": model,
+        "messages": messages,
+        "prompt": prompt,
+        "system": system,
+        "options": options or {},
+        "format": format,
+        "owner": owner,
+    }
+    digest = hashlib.sha256(canonical_json(subject).encode()).hexdigest()
+    return f"{KEY_VERSION}:{digest}"
+
+
+@dataclass(frozen=True)
+class CacheTotals:
+    entries: int
+    size_bytes: int
+
+
+class SizedCache:
+    """A Django cache alias bounded in bytes with least-recently-used eviction."""
+
+    def __init__(self, alias: str, *, hits: str, misses: str, evictions: str, sliding: bool) -> None:
+        self.alias = alias
+        self.hits, self.misses, self.evictions = hits, misses, evictions
+        self.sliding = sliding  # a read renews the TTL (conversations), or not (responses)
+
+    @property
+    def max_bytes(self) -> int:
+        mb = (
+            settings.RESPONSE_CACHE_MAX_SIZE_MB
+            if self.alias == RESPONSES
+            else settings.CONVERSATION_CACHE_MAX_SIZE_MB
+        )
+        return int(mb * 1024 * 1024)
+
+    @property
+    def ttl_seconds(self) -> int:
+        return (
+            settings.RESPONSE_CACHE_TTL_SECONDS
+            if self.alias == RESPONSES
+            else settings.CONVERSATION_CACHE_TTL_SECONDS
+        )
+
+    def get(self, key: str, *, count: bool = True) -> Any | None:
+        """The stored value, or None (a miss, an expired entry or a failing backend)."""
+        backend = caches[self.alias]
+        try:
+            raw = backend.get(key)
+            if raw is not None and self.sliding:
+                backend.touch(key, self.ttl_seconds)
+        except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
+            logger.warning("%s cache unavailable, bypassed: %s", self.alias, exc)
+            raw = None
+        if raw is None:
+            CacheEntry.objects.filter(alias=self.alias, key=key).delete()
+            if count:
+                counters.incr(self.misses)
+            return None
+        now = time.time()
+        fields: dict[str, Any] = {"last_used": now}
+        if self.sliding:
+            fields["expires_at"] = now + self.ttl_seconds
+        if not CacheEntry.objects.filter(alias=self.alias, key=key).update(**fields):
+            self._index(key, len(raw.encode()), now)
+        if count:
+            counters.incr(self.hits)
+        return json.loads(raw)
+
+    def set(self, key: str, value: Any) -> bool:
+        """Store ``value`` (JSON) and evict the least recently used entries beyond the limit."""
+        raw = canonical_json(value)
+        size = len(raw.encode())
+        if size > self.max_bytes:
+            logger.info("%s entry of %d bytes exceeds the whole cache; not stored", self.alias, size)
+            return False
+        try:
+            caches[self.alias].set(key, raw, timeout=self.ttl_seconds)
+        except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
+            logger.warning("%s cache unavailable, not stored: %s", self.alias, exc)
+            return False
+        self._index(key, size, time.time())
+        self.evict()
+        return True
+
+    def delete(self, key: str) -> bool:
+        existed = CacheEntry.objects.filter(alias=self.alias, key=key).delete()[0] > 0
+        try:
+            caches[self.alias].delete(key)
+        except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
+            logger.warning("%s cache unavailable, delete skipped: %s", self.alias, exc)
+        return existed
+
+    def _index(self, key: str, size: int, now: float) -> None:
+        CacheEntry.objects.update_or_create(
+            alias=self.alias,
+            key=key,
+            defaults={"size_bytes": size, "last_used": now, "expires_at": now + self.ttl_seconds},
+        )
+
+    def evict(self) -> int:
+        """Drop expired index rows, then least recently used entries until within the limit."""
+        now = time.time()
+        CacheEntry.objects.filter(alias=self.alias, expires_at__lt=now).delete()
+        over = self.totals().size_bytes - self.max_bytes
+        if over <= 0:
+            return 0
+        victims, freed = [], 0
+        for key, size in (
+            CacheEntry.objects.filter(alias=self.alias).order_by("last_used").values_list("key", "size_bytes")
+        ).iterator():
+            victims.append(key)
+            freed += size
+            if freed >= over:
+                break
+        CacheEntry.objects.filter(alias=self.alias, key__in=victims).delete()
+        try:
+            caches[self.alias].delete_many(victims)
+        except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
+            logger.warning("%s cache unavailable during eviction: %s", self.alias, exc)
+        counters.incr(self.evictions, len(victims))
+        return len(victims)
+
+    def totals(self) -> CacheTotals:
+        row = CacheEntry.objects.filter(alias=self.alias, expires_at__gte=time.time()).aggregate(
+            n=Count("id"), size=Sum("size_bytes")
+        )
+        return CacheTotals(entries=row["n"] or 0, size_bytes=row["size"] or 0)
+
+    def clear(self) -> int:
+        """Remove this service's entries only (never a FLUSHDB of a shared Redis)."""
+        keys = list(CacheEntry.objects.filter(alias=self.alias).values_list("key", flat=True))
+        backend = caches[self.alias]
+        try:
+            if hasattr(backend, "delete_pattern"):
+                backend.delete_pattern("*")  # django-redis: only keys under this alias's prefix
+            else:
+                backend.clear()  # a database cache: the table belongs to this alias alone
+        except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
+            logger.warning("%s cache unavailable during clear: %s", self.alias, exc)
+        CacheEntry.objects.filter(alias=self.alias).delete()
+        return len(keys)
+
+
+response_cache = SizedCache(
+    RESPONSES,
+    hits=counters.RESPONSE_HITS,
+    misses=counters.RESPONSE_MISSES,
+    evictions=counters.RESPONSE_EVICTIONS,
+    sliding=False,
+)
+conversation_cache = SizedCache(
+    CONVERSATIONS,
+    hits=counters.CONVERSATION_HITS,
+    misses=counters.CONVERSATION_MISSES,
+    evictions=counters.CONVERSATION_EVICTIONS,
+    sliding=True,
+)
+
+
+def store_response(*, key: str, endpoint: str, model: str, chunks: list[str], final: dict[str, Any]) -> bool:
+    """Cache a complete, successful generation so a hit replays it chunk for chunk."""
+    if not settings.RESPONSE_CACHE_ENABLED:
+        return False
+    return response_cache.set(key, {"endpoint": endpoint, "model": model, "chunks": chunks, "final": final})

@@ -1,0 +1,83 @@
+"""Server-Sent-Event framing, in the seed's exact format, and the streaming response around it.
+
+    data: {"content":"Rust","done":false,"cached":false}
+    data: {"done":true,"cached":false}
+
+Mid-stream failures become one ``event: error`` frame with ``{"error","code"}``; queue positions are
+``event: queue`` frames (EventSource's ``onmessage`` ignores named events, so seed clients are
+unaffected). A ``: ping`` comment goes out after every 15 s of silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.http import StreamingHttpResponse
+
+HEARTBEAT_SECONDS = 15.0
+PING = b": ping\n\n"
+
+
+def frame(data: dict[str, Any], event: str | None = None) -> bytes:
+    """One SSE frame; compact JSON, keys in the order given."""
+    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n".encode()
+
+
+def content_frame(content: str, *, cached: bool) -> bytes:
+    return frame({"content": content, "done": False, "cached": cached})
+
+
+def done_frame(*, cached: bool, **extra: Any) -> bytes:
+    return frame({"done": True, "cached": cached, **extra})
+
+
+def error_frame(error: str, code: str) -> bytes:
+    return frame({"error": error, "code": code}, event="error")
+
+
+async def with_heartbeat(
+    frames: AsyncIterator[bytes], interval: float = HEARTBEAT_SECONDS
+) -> AsyncIterator[bytes]:
+    """Pass frames through, adding a ping comment whenever ``interval`` passes without one.
+
+    The pending ``anext`` is kept across pings (never cancelled by a timeout), so the source is
+    only ever interrupted when the client goes away; then it is cancelled, which runs its
+    ``finally`` (cancelling the upstream generation).
+    """
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(frames))
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield PING
+                continue
+            try:
+                chunk = pending.result()
+            except StopAsyncIteration:
+                pending = None
+                return
+            pending = None
+            yield chunk
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+
+
+def sse_response(
+    frames: AsyncIterator[bytes], *, headers: dict[str, str] | None = None
+) -> StreamingHttpResponse:
+    """A streaming ``text/event-stream`` response that proxies must not buffer."""
+    response = StreamingHttpResponse(with_heartbeat(frames), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response

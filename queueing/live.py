@@ -1,0 +1,215 @@
+"""Live output over the channel layer: wake-ups, token fan-out, and following one request.
+
+A generation's tokens go to the group ``gen.<generation id>``; control events for one request go to
+``job.<job id>``. The database row stays the truth: a listener that misses a message catches up from
+the row (the stored chunks), and a late listener asks the generating worker for what was already
+produced before it joined, then drops duplicates by sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.exceptions import ChannelFull
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from chat.errors import ApiError, error_from_code
+from chatbot_site.runtime import run_blocking
+from queueing import services
+from queueing.models import Job, Status
+
+logger = logging.getLogger(__name__)
+
+# How often a waiting listener re-reads its row (position updates, missed messages).
+REFRESH_SECONDS = 1.0
+# How long a late listener waits for the worker's replay before re-reading the row.
+REPLAY_TIMEOUT_SECONDS = 2.0
+
+
+def job_group(job_id: uuid.UUID) -> str:
+    return f"job.{job_id.hex}"
+
+
+def generation_group(generation_id: uuid.UUID) -> str:
+    return f"gen.{generation_id.hex}"
+
+
+async def wake_workers() -> None:
+    """Nudge a worker to look at the queue now (workers poll anyway: this only saves latency)."""
+    with contextlib.suppress(ChannelFull):
+        await get_channel_layer().send(settings.QUEUE_WORKER_CHANNEL, {"type": "queue.wake"})
+
+
+async def notify_jobs(job_ids: list[uuid.UUID], event: str = "job.update") -> None:
+    """Tell the listeners of these jobs to re-read their rows."""
+    layer = get_channel_layer()
+    for job_id in job_ids:
+        await layer.group_send(job_group(job_id), {"type": event})
+
+
+async def stop_generation(*, worker: str, generation_id: uuid.UUID) -> None:
+    """Ask the worker running a generation to close its upstream request."""
+    with contextlib.suppress(ChannelFull):
+        await get_channel_layer().send(worker, {"type": "gen.cancel", "generation": generation_id.hex})
+
+
+@dataclass
+class Event:
+    """What a follower of a request sees, in order."""
+
+    kind: str  # "position" | "chunk" | "restart" | "done" | "error" | "cancelled"
+    content: str = ""
+    status: dict[str, Any] = field(default_factory=dict)
+    job: Job | None = None
+    error: ApiError | None = None
+
+
+class _Inbox:
+    """One channel, read by a single background receive so waits can time out without losing messages."""
+
+    def __init__(self) -> None:
+        self.layer = get_channel_layer()
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.groups: list[str] = []
+        self.channel = ""
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        self.channel = await self.layer.new_channel()
+        self._task = asyncio.ensure_future(self._pump())
+
+    async def _pump(self) -> None:
+        while True:
+            self.queue.put_nowait(await self.layer.receive(self.channel))
+
+    async def join(self, group: str) -> None:
+        await self.layer.group_add(group, self.channel)
+        self.groups.append(group)
+
+    async def leave(self, group: str) -> None:
+        if group in self.groups:
+            self.groups.remove(group)
+            await self.layer.group_discard(group, self.channel)
+
+    async def get(self, timeout: float) -> dict[str, Any] | None:
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for group in list(self.groups):
+            await self.leave(group)
+
+
+async def follow_request(job_id: uuid.UUID, *, keep_caller_alive: bool = False) -> AsyncIterator[Event]:
+    """Yield a request's queue positions, then its chunks in order, then how it ended.
+
+    Works for a listener that arrives at any time: before the request runs, while it generates
+    (what was generated so far is replayed first) or after it finished (the result is replayed).
+    ``keep_caller_alive`` marks an interactive caller as still waiting while it listens.
+    """
+    inbox = _Inbox()
+    await inbox.open()
+    try:
+        await inbox.join(job_group(job_id))
+        job = await run_blocking(services.get_request, job_id=job_id)
+        generation: uuid.UUID | None = None
+        emitted = 0
+        have_snapshot = False
+        buffered: dict[int, str] = {}
+        replay_asked = 0.0
+        last_status: dict[str, Any] | None = None
+        last_touch = time.monotonic()
+
+        while True:
+            if keep_caller_alive and time.monotonic() - last_touch > settings.QUEUE_LEASE_SECONDS / 3:
+                await run_blocking(services.touch_caller, job_id=job_id)
+                last_touch = time.monotonic()
+
+            if job.status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED):
+                if job.status == Status.COMPLETED:
+                    if generation is not None and generation != job.generation_id:
+                        yield Event("restart")
+                        emitted = 0
+                    for chunk in (job.result_chunks or [])[emitted:]:
+                        yield Event("chunk", content=chunk)
+                    yield Event("done", job=job)
+                elif job.status == Status.FAILED:
+                    yield Event("error", job=job, error=error_from_code(job.error_code, job.error_message))
+                else:
+                    yield Event("cancelled", job=job)
+                return
+
+            if job.generation_id != generation:
+                # Not started yet, started, or restarted after a failed attempt.
+                if generation is not None:
+                    await inbox.leave(generation_group(generation))
+                    if emitted:
+                        yield Event("restart")
+                generation, emitted, have_snapshot, buffered = job.generation_id, 0, False, {}
+                if generation is not None:
+                    await inbox.join(generation_group(generation))
+                    await _ask_replay(inbox, job, generation)
+                    replay_asked = time.monotonic()
+
+            if job.status == Status.PENDING:
+                status = await run_blocking(services.queue_status, job)
+                if status != last_status:
+                    last_status = status
+                    yield Event("position", status=status)
+
+            message = await inbox.get(REFRESH_SECONDS)
+            kind = message.get("type") if message else None
+            if kind == "gen.snapshot" and generation and message["generation"] == generation.hex:
+                if message.get("gone"):
+                    job = await run_blocking(services.get_request, job_id=job_id)
+                    continue
+                have_snapshot = True
+                buffered.update(dict(enumerate(message["chunks"])))
+            elif kind == "gen.chunk" and generation and message["generation"] == generation.hex:
+                buffered[message["seq"]] = message["content"]
+            elif kind in ("gen.end", "job.update", "job.claimed") or message is None:
+                job = await run_blocking(services.get_request, job_id=job_id)
+                if (
+                    message is None
+                    and generation is not None
+                    and not have_snapshot
+                    and time.monotonic() - replay_asked > REPLAY_TIMEOUT_SECONDS
+                    and job.generation_id == generation
+                ):
+                    await _ask_replay(inbox, job, generation)
+                    replay_asked = time.monotonic()
+                continue
+
+            if have_snapshot:
+                while emitted in buffered:
+                    yield Event("chunk", content=buffered.pop(emitted))
+                    emitted += 1
+                for seq in [s for s in buffered if s < emitted]:
+                    del buffered[seq]
+    finally:
+        await inbox.close()
+
+
+async def _ask_replay(inbox: _Inbox, job: Job, generation: uuid.UUID) -> None:
+    """Ask the generating worker for the chunks produced so far (answered as gen.snapshot)."""
+    if not job.lease_owner:
+        return
+    with contextlib.suppress(ChannelFull):
+        await inbox.layer.send(
+            job.lease_owner,
+            {"type": "gen.replay", "generation": generation.hex, "reply_to": inbox.channel},
+        )

@@ -1,0 +1,94 @@
+"""The queue table: one row per request. The row is the truth; channel messages only wake people up."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class Kind(models.TextChoices):
+    INTERACTIVE = "interactive", "interactive"  # a chat-optimized caller waits on the connection
+    QUEUED = "queued", "queued"  # submitted to /api/chat-queue, fetched or streamed later
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", "pending"
+    PROCESSING = "processing", "processing"
+    COMPLETED = "completed", "completed"
+    FAILED = "failed", "failed"
+    CANCELLED = "cancelled", "cancelled"
+
+
+ACTIVE = (Status.PENDING, Status.PROCESSING)
+TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+
+class Job(models.Model):
+    """A request for one generation, from submission to its result.
+
+    Jobs with the same ``cache_key`` that run together share one upstream generation: they carry the
+    same ``generation_id`` and lease while processing, and all get the same result.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    priority = models.IntegerField(default=0, help_text="Higher runs first.")
+    # Order of service: created time minus priority x aging seconds, fixed at submission (so an
+    # index serves it). Lower ranks run first; FIFO within a priority.
+    rank = models.FloatField()
+
+    endpoint = models.CharField(max_length=16, default="chat")  # "chat" or "generate"
+    model = models.CharField(max_length=200)
+    payload = models.JSONField(help_text="What is sent to Ollama, minus `stream`.")
+    cache_key = models.CharField(max_length=80, db_index=True)
+    use_cache = models.BooleanField(default=True)
+    owner = models.CharField(max_length=100, blank=True, default="")
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Interactive callers refresh this while they wait; a job whose caller stopped is not run.
+    caller_seen_at = models.DateTimeField(null=True, blank=True)
+
+    attempts = models.PositiveIntegerField(default=0)
+    generation_id = models.UUIDField(null=True, blank=True, db_index=True)
+    lease_owner = models.CharField(max_length=200, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    result_content = models.TextField(blank=True, default="")
+    result_chunks = models.JSONField(null=True, blank=True)
+    result_final = models.JSONField(null=True, blank=True, help_text="Ollama's final chunk: metrics.")
+    done_reason = models.CharField(max_length=32, blank=True, default="")
+    cached = models.BooleanField(default=False, help_text="Answered from the response cache.")
+    deduplicated = models.BooleanField(default=False, help_text="Shared another job's generation.")
+    error_code = models.CharField(max_length=64, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "rank"], name="job_claim_idx"),
+            models.Index(fields=["status", "created_at"], name="job_list_idx"),
+            models.Index(fields=["status", "lease_expires_at"], name="job_lease_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="job_idempotency_unique",
+            )
+        ]
+        ordering = ["rank"]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.kind}, {self.status})"
+
+    @property
+    def last_user_message(self) -> str:
+        messages = self.payload.get("messages") or []
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return str(message.get("content", ""))
+        return str(self.payload.get("prompt", ""))
