@@ -51,10 +51,11 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "channels",
+    # Before channels: our `runworker` (the queue worker's start-up and SIGTERM handling) must win.
     "chat",
     "queueing",
     "stats",
+    "channels",
 ]
 
 # Every middleware here is async-capable, so an API request never hops to a thread for them.

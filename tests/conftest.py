@@ -12,7 +12,7 @@ import pytest
 from django.conf import settings
 
 from tests.fake_ollama import FakeOllama
-from tests.live import LiveServer, server_env
+from tests.live import LiveServer, WorkerProcess, server_env
 
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -147,3 +147,21 @@ def start_server(
 def server(servers: Servers, ollama: FakeOllama, clean_caches: None) -> LiveServer:
     """The shared live server, with a reset emulator and a clean database for this test."""
     return servers.get_shared()
+
+
+@pytest.fixture
+def start_worker(
+    servers: Servers, logs_dir: Path, request: pytest.FixtureRequest, start_server: Any
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``manage.py runworker chat-worker`` processes with env overrides; stopped after."""
+    started: list[WorkerProcess] = []
+
+    def start(**overrides: Any) -> WorkerProcess:
+        log = logs_dir / f"{request.node.name}-worker-{len(started)}.log"
+        worker = WorkerProcess(server_env(servers.base_env, overrides), log)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -108,3 +108,36 @@ def server_env(base: dict[str, str], overrides: dict[str, Any]) -> dict[str, str
     env.update({k: str(v) for k, v in overrides.items()})
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+class WorkerProcess:
+    """``manage.py runworker chat-worker`` in its own process (the scaled-out worker)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env, self.log_path = env, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> WorkerProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "manage.py", "runworker", "chat-worker"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while "started" not in self.log:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{self.log}")
+            time.sleep(0.05)
+        return self
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    kill = LiveServer.kill
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        return LiveServer.stop(self, timeout)  # type: ignore[arg-type]
