@@ -15,6 +15,7 @@ class ApiError(Exception):
 
     status: int = 400
     code: str = "bad_request"
+    retry_after: int | None = None  # seconds, sent as Retry-After
 
     def __init__(
         self,
@@ -30,7 +31,8 @@ class ApiError(Exception):
             self.code = code
         if status is not None:
             self.status = status
-        self.retry_after = retry_after
+        if retry_after is not None:
+            self.retry_after = retry_after
 
     def as_dict(self) -> dict[str, str]:
         return {"error": self.message, "code": self.code}
@@ -80,6 +82,8 @@ class OllamaBadResponse(OllamaError):
 
 class OllamaBusy(OllamaError):
     status, code = 503, "ollama_busy"
+    # Ollama sends no Retry-After with its 503; a short back-off is what its own clients do.
+    retry_after = 2
 
 
 def error_response(exc: ApiError) -> JsonResponse:

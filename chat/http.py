@@ -14,6 +14,11 @@ from chat.errors import ApiError, error_response
 AsyncView = Callable[..., Awaitable[HttpResponseBase]]
 
 
+def owner_of(request: HttpRequest) -> str:
+    """Who a request acts for: requests, conversations and cached answers are scoped to it."""
+    return getattr(request, "api_owner", "")
+
+
 def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
     """Mark an async view as an API endpoint: only ``methods``, JSON errors, no CSRF.
 

@@ -30,9 +30,6 @@ from chat.errors import (
 
 logger = logging.getLogger(__name__)
 
-# Ollama sends no Retry-After with its 503; a short back-off is what its own clients do.
-BUSY_RETRY_AFTER_SECONDS = 2
-
 
 def keep_alive_param(value: str | int | float) -> str | int | float:
     """Ollama rejects a bare numeric *string* with 400; send numbers as numbers."""
@@ -187,7 +184,7 @@ class OllamaClient:
         if status == 404:
             return OllamaModelNotFound(message)
         if status == 503:
-            return OllamaBusy(f"Ollama is busy: {message}", retry_after=BUSY_RETRY_AFTER_SECONDS)
+            return OllamaBusy(f"Ollama is busy: {message}")
         if status == 400:
             return OllamaError(f"Ollama rejected the request: {message}", status=400, code="ollama_rejected")
         return OllamaError(f"Ollama answered HTTP {status}: {message}")

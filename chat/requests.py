@@ -274,11 +274,16 @@ def _conversation_id(value: Any) -> str | None:
         return None
     if value == "new":
         return value
+    return parse_conversation_id(value)
+
+
+def parse_conversation_id(value: Any) -> str:
+    """A conversation id: a UUID in its canonical form."""
     try:
         return str(uuid.UUID(str(value)))
     except ValueError:
         raise BadRequest(
-            "Field 'conversation_id' must be a UUID, or \"new\" to start a conversation.",
+            'A conversation id must be a UUID (or "new" to start a conversation).',
             code="invalid_conversation_id",
         ) from None
 

@@ -4,25 +4,44 @@ the worker all go through here (or through ``queueing.services`` for plain queue
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 
 from chat import sse
-from chat.caches import response_cache, response_key
-from chat.errors import ApiError
+from chat.caches import conversation_cache, response_cache, response_key
+from chat.errors import ApiError, NotFound
 from chat.requests import ChatRequest
 from chatbot_site.runtime import run_blocking
 from queueing import live
 from queueing import services as queue
-from queueing.models import Job, Kind, Status
+from queueing.models import Job, Kind
 from stats import counters
 
 logger = logging.getLogger(__name__)
+
+METRIC_KEYS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
+# How long a streaming request waits for its first token (or error) before the SSE response starts
+# anyway with queue-position frames. An error within it is a plain JSON error with its status.
+FIRST_EVENT_WAIT_SECONDS = 1.0
+
+
+def metrics(final: dict[str, Any]) -> dict[str, int]:
+    """Ollama's final-chunk metrics (nanoseconds and token counts), those it sent."""
+    return {key: final[key] for key in METRIC_KEYS if key in final}
 
 
 def chat_cache_key(req: ChatRequest, messages: list[dict[str, Any]], owner: str) -> str:
@@ -43,23 +62,30 @@ async def cached_answer(key: str, *, use_cache: bool) -> dict[str, Any] | None:
     return await run_blocking(response_cache.get, key)
 
 
+# --- /api/chat-queue -----------------------------------------------------------------------------
+
+
 async def submit_queued(req: ChatRequest, *, owner: str = "", idempotency_key: str | None = None) -> Job:
     """``POST /api/chat-queue``: answer from the cache at once, or put the request in the queue."""
-    payload = req.ollama_payload()
-    key = chat_cache_key(req, req.messages, owner)
     if idempotency_key:
-        existing = await run_blocking(_by_idempotency_key, owner, idempotency_key)
+        existing = await run_blocking(queue.find_by_idempotency_key, owner=owner, key=idempotency_key)
         if existing is not None:
             return existing
+    await run_blocking(counters.incr, counters.CHAT_REQUESTS)
+    payload = req.ollama_payload()
+    key = chat_cache_key(req, req.messages, owner)
     entry = await cached_answer(key, use_cache=req.use_cache)
+    common = {
+        "kind": Kind.QUEUED,
+        "endpoint": "chat",
+        "model": req.model,
+        "payload": payload,
+        "cache_key": key,
+    }
     if entry is not None:
         return await run_blocking(
             queue.complete_from_cache,
-            kind=Kind.QUEUED,
-            endpoint="chat",
-            model=req.model,
-            payload=payload,
-            cache_key=key,
+            **common,
             owner=owner,
             priority=req.priority,
             entry=entry,
@@ -67,11 +93,7 @@ async def submit_queued(req: ChatRequest, *, owner: str = "", idempotency_key: s
         )
     enqueued = await run_blocking(
         queue.enqueue_request,
-        kind=Kind.QUEUED,
-        endpoint="chat",
-        model=req.model,
-        payload=payload,
-        cache_key=key,
+        **common,
         priority=req.priority,
         owner=owner,
         use_cache=req.use_cache,
@@ -80,10 +102,6 @@ async def submit_queued(req: ChatRequest, *, owner: str = "", idempotency_key: s
     if enqueued.created and not enqueued.joined:
         await live.wake_workers()
     return enqueued.job
-
-
-def _by_idempotency_key(owner: str, idempotency_key: str) -> Job | None:
-    return Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
 
 
 async def cancel(job_id: uuid.UUID, *, owner: str | None, reason: str = "cancelled") -> Job:
@@ -97,7 +115,6 @@ async def cancel(job_id: uuid.UUID, *, owner: str | None, reason: str = "cancell
 
 def cancel_many(job_ids: list[Any]) -> int:
     """Cancel several requests from sync code (the admin action); returns how many were cancelled."""
-    from asgiref.sync import async_to_sync
 
     async def run() -> int:
         done = 0
@@ -112,18 +129,8 @@ def cancel_many(job_ids: list[Any]) -> int:
     return async_to_sync(run)()
 
 
-@dataclass
-class Answer:
-    """A whole (non-streamed) answer."""
-
-    content: str
-    job: Job | None = None
-    cached: bool = False
-    final: dict[str, Any] = field(default_factory=dict)
-
-
 def result_body(job: Job) -> dict[str, Any]:
-    """The finished request as the API shows it."""
+    """A finished request's answer as the API shows it."""
     final = job.result_final or {}
     return {
         "message": {"role": "assistant", "content": job.result_content},
@@ -133,23 +140,10 @@ def result_body(job: Job) -> dict[str, Any]:
     }
 
 
-METRIC_KEYS = (
-    "total_duration",
-    "load_duration",
-    "prompt_eval_count",
-    "prompt_eval_duration",
-    "eval_count",
-    "eval_duration",
-)
-
-
-def metrics(final: dict[str, Any]) -> dict[str, int]:
-    """Ollama's final-chunk metrics (nanoseconds and token counts), those it sent."""
-    return {key: final[key] for key in METRIC_KEYS if key in final}
-
-
-async def event_frames(events: AsyncIterator[live.Event], *, cached: bool) -> AsyncIterator[bytes]:
-    """Turn a followed request's events into SSE frames."""
+async def event_frames(
+    events: AsyncIterator[live.Event], *, cached: bool, **done_extra: Any
+) -> AsyncIterator[bytes]:
+    """Turn a request's events into SSE frames in the seed's format."""
     async for event in events:
         if event.kind == "chunk":
             yield sse.content_frame(event.content, cached=cached)
@@ -158,29 +152,241 @@ async def event_frames(events: AsyncIterator[live.Event], *, cached: bool) -> As
         elif event.kind == "restart":
             yield sse.frame({"reason": "the generation is being retried from the start"}, event="restart")
         elif event.kind == "done":
-            assert event.job is not None
-            final = event.job.result_final or {}
             yield sse.done_frame(
-                cached=cached or event.job.cached,
-                done_reason=event.job.done_reason,
-                metrics=metrics(final),
+                cached=cached,
+                done_reason=str(event.final.get("done_reason", "")),
+                metrics=metrics(event.final),
+                **done_extra,
             )
         elif event.kind == "error":
             assert event.error is not None
             yield sse.error_frame(event.error.message, event.error.code)
-        elif event.kind == "cancelled":
-            assert event.job is not None
-            yield sse.error_frame(event.job.error_message or "The request was cancelled.", "cancelled")
 
 
-async def shielded(coro: Any) -> Any:
-    """Run clean-up to the end even if the caller is being cancelled (a client went away)."""
-    return await asyncio.shield(coro)
+# --- conversations -------------------------------------------------------------------------------
 
 
-def is_finished(job: Job) -> bool:
-    return job.status in (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+def conversation_key(owner: str, conversation_id: str) -> str:
+    return f"conv:{owner}:{conversation_id}"
 
 
-async def count_request() -> None:
-    await run_blocking(counters.incr, counters.CHAT_REQUESTS)
+def get_conversation(*, owner: str, conversation_id: str, count: bool = False) -> dict[str, Any]:
+    """A stored conversation (its messages); 404 when unknown, expired or another owner's."""
+    stored = conversation_cache.get(conversation_key(owner, conversation_id), count=count)
+    if stored is None:
+        raise NotFound(f"No conversation with id {conversation_id}.", code="conversation_not_found")
+    return stored
+
+
+def delete_conversation(*, owner: str, conversation_id: str) -> None:
+    """Forget a conversation; 404 when unknown."""
+    if not conversation_cache.delete(conversation_key(owner, conversation_id)):
+        raise NotFound(f"No conversation with id {conversation_id}.", code="conversation_not_found")
+
+
+def append_conversation(
+    *,
+    owner: str,
+    conversation_id: str,
+    model: str,
+    history: list[dict[str, Any]],
+    new: list[dict[str, Any]],
+    reply: str,
+) -> None:
+    """Store the conversation with this exchange added (the last writer wins if two race)."""
+    messages = [*history, *new, {"role": "assistant", "content": reply}]
+    conversation_cache.set(
+        conversation_key(owner, conversation_id),
+        {"conversation_id": conversation_id, "model": model, "messages": messages, "updated_at": time.time()},
+    )
+
+
+def fit_history(history: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop the oldest non-system history messages until history + new fits the message limit."""
+    room = settings.LIMITS_MAX_MESSAGES - len(new)
+    if len(history) <= room:
+        return history
+    system = [m for m in history if m.get("role") == "system"]
+    rest = [m for m in history if m.get("role") != "system"]
+    keep = max(room - len(system), 0)
+    return [*system, *rest[len(rest) - keep :]] if keep else system[:room]
+
+
+# --- /api/chat-optimized -------------------------------------------------------------------------
+
+
+class _Pump:
+    """Reads an event stream in its own task, so a wait for the next event can time out safely."""
+
+    def __init__(self, events: AsyncIterator[live.Event]) -> None:
+        self.queue: asyncio.Queue[live.Event | BaseException | None] = asyncio.Queue()
+        self.task = asyncio.ensure_future(self._run(events))
+
+    async def _run(self, events: AsyncIterator[live.Event]) -> None:
+        try:
+            async for event in events:
+                await self.queue.put(event)
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, which re-raises it
+            await self.queue.put(exc)
+        await self.queue.put(None)
+
+    async def get(self, timeout: float | None = None) -> live.Event | None:
+        """The next event, None at the end; raises TimeoutError after ``timeout``."""
+        item = await asyncio.wait_for(self.queue.get(), timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def _replay(entry: dict[str, Any]) -> AsyncIterator[live.Event]:
+    for chunk in entry["chunks"]:
+        yield live.Event("chunk", content=chunk)
+    yield live.Event("done", final=entry.get("final") or {})
+
+
+class ChatSession:
+    """One ``/api/chat-optimized`` request: a cache hit replayed, or an interactive queue job."""
+
+    def __init__(self, req: ChatRequest, owner: str) -> None:
+        self.req = req
+        self.owner = owner
+        self.conversation_id: str | None = None
+        self.history: list[dict[str, Any]] = []
+        self.cached = False
+        self.job_id: uuid.UUID | None = None
+        self.finished = False
+        self.chunks: list[str] = []
+        self._pump: _Pump | None = None
+
+    async def start(self) -> None:
+        """Resolve the conversation, look in the cache, or enqueue the generation."""
+        req = self.req
+        await run_blocking(counters.incr, counters.CHAT_REQUESTS)
+        if req.conversation_id == "new":
+            self.conversation_id = str(uuid.uuid4())
+        elif req.conversation_id:
+            self.conversation_id = req.conversation_id
+            stored = await run_blocking(
+                get_conversation, owner=self.owner, conversation_id=req.conversation_id, count=True
+            )
+            self.history = fit_history(stored["messages"], req.messages)
+        messages = [*self.history, *req.messages]
+        key = chat_cache_key(req, messages, self.owner)
+        entry = await cached_answer(key, use_cache=req.use_cache)
+        if entry is not None:
+            self.cached = True
+            self._pump = _Pump(_replay(entry))
+            return
+        enqueued = await run_blocking(
+            queue.enqueue_request,
+            kind=Kind.INTERACTIVE,
+            endpoint="chat",
+            model=req.model,
+            payload=req.ollama_payload(messages),
+            cache_key=key,
+            priority=req.priority,
+            owner=self.owner,
+            use_cache=req.use_cache,
+        )
+        self.job_id = enqueued.job.id
+        if not enqueued.joined:
+            await live.wake_workers()
+        self._pump = _Pump(live.follow_request(self.job_id, keep_caller_alive=True))
+
+    async def next_event(self, timeout: float | None = None) -> live.Event | None:
+        assert self._pump is not None
+        event = await self._pump.get(timeout)
+        if event is not None and event.kind == "chunk":
+            self.chunks.append(event.content)
+        elif event is not None and event.kind == "restart":
+            self.chunks.clear()
+        elif event is not None and event.kind == "done":
+            await self._finish()
+        elif event is not None and event.kind == "error":
+            self.finished = True
+        return event
+
+    async def _finish(self) -> None:
+        self.finished = True
+        if self.conversation_id:
+            await run_blocking(
+                append_conversation,
+                owner=self.owner,
+                conversation_id=self.conversation_id,
+                model=self.req.model,
+                history=self.history,
+                new=self.req.messages,
+                reply="".join(self.chunks),
+            )
+
+    async def first_events(self) -> list[live.Event]:
+        """Events until the first token, the end, an error, or FIRST_EVENT_WAIT_SECONDS of queueing.
+
+        An error here raises, so the client gets a plain JSON error with its status code.
+        """
+        events: list[live.Event] = []
+        deadline = time.monotonic() + FIRST_EVENT_WAIT_SECONDS
+        while True:
+            try:
+                event = await self.next_event(max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                return events
+            if event is None:
+                return events
+            if event.kind == "error":
+                assert event.error is not None
+                raise event.error
+            events.append(event)
+            if event.kind != "position":
+                return events
+
+    async def frames(self, first: list[live.Event]) -> AsyncIterator[bytes]:
+        """The SSE frames; a client that goes away cancels the generation (if no one else shares it)."""
+        extra = {"conversation_id": self.conversation_id} if self.conversation_id else {}
+
+        async def events() -> AsyncIterator[live.Event]:
+            for event in first:
+                yield event
+            while (event := await self.next_event()) is not None:
+                yield event
+
+        try:
+            async for frame in event_frames(events(), cached=self.cached, **extra):
+                yield frame
+        finally:
+            await asyncio.shield(self.close())
+
+    async def answer(self) -> dict[str, Any]:
+        """The whole answer (non-streaming); raises the mapped ApiError on failure."""
+        try:
+            while (event := await self.next_event()) is not None:
+                if event.kind == "error":
+                    assert event.error is not None
+                    raise event.error
+                if event.kind == "done":
+                    body: dict[str, Any] = {
+                        "message": {"role": "assistant", "content": "".join(self.chunks)},
+                        "cached": self.cached,
+                        "model": self.req.model,
+                        "done_reason": str(event.final.get("done_reason", "")),
+                        "metrics": metrics(event.final),
+                    }
+                    if self.conversation_id:
+                        body["conversation_id"] = self.conversation_id
+                    return body
+            raise ApiError("The generation ended without an answer.", code="no_answer", status=502)
+        finally:
+            await asyncio.shield(self.close())
+
+    async def close(self) -> None:
+        """Stop listening; cancel the job if it has not finished (the caller left)."""
+        if self._pump is not None:
+            await self._pump.close()
+        if self.job_id is not None and not self.finished:
+            with contextlib.suppress(ApiError):
+                await cancel(self.job_id, owner=None, reason="the client disconnected")
+            self.finished = True

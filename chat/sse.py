@@ -5,7 +5,7 @@
 
 Mid-stream failures become one ``event: error`` frame with ``{"error","code"}``; queue positions are
 ``event: queue`` frames (EventSource's ``onmessage`` ignores named events, so seed clients are
-unaffected). A ``: ping`` comment goes out after every 15 s of silence.
+unaffected). A ``: ping`` comment goes out after every ``SSE_HEARTBEAT_SECONDS`` (15) of silence.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from django.conf import settings
 from django.http import StreamingHttpResponse
 
-HEARTBEAT_SECONDS = 15.0
 PING = b": ping\n\n"
 
 
@@ -40,9 +40,7 @@ def error_frame(error: str, code: str) -> bytes:
     return frame({"error": error, "code": code}, event="error")
 
 
-async def with_heartbeat(
-    frames: AsyncIterator[bytes], interval: float = HEARTBEAT_SECONDS
-) -> AsyncIterator[bytes]:
+async def with_heartbeat(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
     """Pass frames through, adding a ping comment whenever ``interval`` passes without one.
 
     The pending ``anext`` is kept across pings (never cancelled by a timeout), so the source is
@@ -75,7 +73,9 @@ def sse_response(
     frames: AsyncIterator[bytes], *, headers: dict[str, str] | None = None
 ) -> StreamingHttpResponse:
     """A streaming ``text/event-stream`` response that proxies must not buffer."""
-    response = StreamingHttpResponse(with_heartbeat(frames), content_type="text/event-stream")
+    response = StreamingHttpResponse(
+        with_heartbeat(frames, settings.SSE_HEARTBEAT_SECONDS), content_type="text/event-stream"
+    )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     for name, value in (headers or {}).items():

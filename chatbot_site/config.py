@@ -112,6 +112,8 @@ class ServerConfig:
     # Size of each process's thread pool for blocking work (database and cache calls made by the
     # scheduler and services). It also bounds the database connections a process opens.
     workers: int = setting(4, "SERVER_WORKERS", between(1, 64))
+    # A ": ping" comment after this much silence on an SSE stream keeps proxies from closing it.
+    sse_heartbeat_seconds: float = setting(15.0, "SSE_HEARTBEAT_SECONDS", between(0.1, 300))
 
 
 @dataclass(frozen=True)

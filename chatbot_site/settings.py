@@ -184,6 +184,7 @@ else:
 SERVER_HOST = CONFIG.server.host
 SERVER_PORT = CONFIG.server.port
 SERVER_WORKERS = CONFIG.server.workers
+SSE_HEARTBEAT_SECONDS = CONFIG.server.sse_heartbeat_seconds
 
 OLLAMA_API_URL = CONFIG.ollama.api_url.rstrip("/")
 OLLAMA_MODEL = CONFIG.ollama.model

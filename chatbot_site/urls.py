@@ -10,6 +10,7 @@ from django.contrib.staticfiles.views import serve as staticfiles_serve
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
+from chat import views as chat_views
 from chat.errors import json_error
 from queueing import views as queue_views
 from stats import views as stats_views
@@ -22,6 +23,8 @@ def static(request: HttpRequest, path: str) -> Any:
 
 urlpatterns = [
     path("health", stats_views.health, name="health"),
+    path("api/chat-optimized", chat_views.chat_optimized, name="chat-optimized"),
+    path("api/conversations/<str:conversation_id>", chat_views.conversation, name="conversation"),
     path("api/chat-queue", queue_views.chat_queue, name="chat-queue"),
     path("api/chat-queue/stream", queue_views.chat_queue_stream, name="chat-queue-stream"),
     path("admin/", admin.site.urls),

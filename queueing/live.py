@@ -67,8 +67,8 @@ class Event:
 
     kind: str  # "position" | "chunk" | "restart" | "done" | "error" | "cancelled"
     content: str = ""
-    status: dict[str, Any] = field(default_factory=dict)
-    job: Job | None = None
+    status: dict[str, Any] = field(default_factory=dict)  # position: the seed's status block
+    final: dict[str, Any] = field(default_factory=dict)  # done: Ollama's final chunk (metrics)
     error: ApiError | None = None
 
 
@@ -146,11 +146,14 @@ async def follow_request(job_id: uuid.UUID, *, keep_caller_alive: bool = False) 
                         emitted = 0
                     for chunk in (job.result_chunks or [])[emitted:]:
                         yield Event("chunk", content=chunk)
-                    yield Event("done", job=job)
+                    yield Event("done", final=job.result_final or {})
                 elif job.status == Status.FAILED:
-                    yield Event("error", job=job, error=error_from_code(job.error_code, job.error_message))
+                    yield Event("error", error=error_from_code(job.error_code, job.error_message))
                 else:
-                    yield Event("cancelled", job=job)
+                    reason = job.error_message or "The request was cancelled."
+                    yield Event(
+                        "error", error=ApiError(reason, code=job.error_code or "cancelled", status=409)
+                    )
                 return
 
             if job.generation_id != generation:

@@ -431,6 +431,11 @@ def _recover(jobs: Any, now: Any, *, reason: str) -> dict[str, int]:
     return {k: v for k, v in {"requeued": requeued, "failed": failed, "cancelled": cancelled}.items() if v}
 
 
+def find_by_idempotency_key(*, owner: str, key: str) -> Job | None:
+    """The request an earlier submission with this Idempotency-Key created, if any."""
+    return Job.objects.filter(owner=owner, idempotency_key=key).first()
+
+
 def touch_caller(*, job_id: uuid.UUID) -> None:
     """An interactive caller is still waiting for ``job_id``."""
     Job.objects.filter(id=job_id, status__in=ACTIVE).update(caller_seen_at=timezone.now())
@@ -505,10 +510,14 @@ def get_request(*, job_id: uuid.UUID | str, owner: str | None = None) -> Job:
 
 
 def queue_position(job: Job) -> int:
-    """1-based place among pending jobs; 0 once it runs or finished."""
+    """1-based place among pending jobs; 0 once it runs or finished.
+
+    Counted in one query that includes the job itself only while it is still pending, so a job
+    claimed since it was read does not show a place in a queue it has left.
+    """
     if job.status != Status.PENDING:
         return 0
-    return Job.objects.filter(status=Status.PENDING, rank__lt=job.rank).count() + 1
+    return Job.objects.filter(status=Status.PENDING, rank__lte=job.rank).count()
 
 
 def average_generation_ms() -> float:

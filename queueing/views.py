@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
 from chat import services as chat
 from chat.errors import BadRequest
-from chat.http import api_view
+from chat.http import api_view, owner_of
 from chat.requests import parse_chat_request, parse_json_body, parse_request_id
 from chat.sse import sse_response
 from chatbot_site.runtime import run_blocking
@@ -16,11 +16,6 @@ from queueing import live, services
 from queueing.models import Job, Status
 
 QUEUE_FIELDS = {"messages", "model", "priority", "options", "format", "keep_alive", "use_cache"}
-
-
-def owner_of(request: HttpRequest) -> str:
-    """The owner requests are scoped to (the API key's name, once keys exist)."""
-    return getattr(request, "api_owner", "")
 
 
 def _status_body(job: Job) -> dict[str, Any]:

@@ -165,3 +165,9 @@ def start_worker(
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def no_workers(servers: Servers) -> None:
+    """No server runs: a test that drives the queue itself must not race a worker for its jobs."""
+    servers.stop_shared()

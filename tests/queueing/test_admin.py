@@ -8,7 +8,7 @@ from django.contrib.auth.models import User
 from queueing import services
 from queueing.models import Job, Kind, Status
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_workers")]
 
 CHANGELIST = "/admin/queueing/job/"
 

@@ -13,7 +13,7 @@ from queueing import services
 from queueing.models import Job, Kind, Status
 from stats import counters
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_workers")]
 
 
 def enqueue(text: str, *, kind: str = Kind.QUEUED, priority: int = 0, key: str | None = None, **kw):

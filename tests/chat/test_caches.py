@@ -1,0 +1,95 @@
+"""The byte-bounded LRU caches on the real backends of this run (database cache or Redis)."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.cache import caches
+
+from chat.caches import RESPONSES, conversation_cache, response_cache, response_key
+from chat.models import CacheEntry
+from stats import counters
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def empty(clean_caches):
+    yield
+    response_cache.clear()
+
+
+def value(i: int, size: int = 1000) -> dict:
+    return {"chunks": [f"{i:04d}" + "x" * size], "final": {"done_reason": "stop"}}
+
+
+def test_key_covers_everything_that_changes_the_answer_and_nothing_else():
+    base = {"endpoint": "chat", "model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    key = response_key(**base)
+    assert key.startswith("v1:") and len(key) == 67
+    assert response_key(**base) == key
+    history = [{"role": "user", "content": "earlier"}, *base["messages"]]
+    assert response_key(**{**base, "messages": history}) != key  # never only the last message
+    assert response_key(**base, options={"temperature": 0.1}) != key
+    assert response_key(**base, format="json") != key
+    assert response_key(**base, owner="alice") != key
+    assert response_key(**{**base, "model": "n"}) != key
+
+
+def test_filling_past_the_limit_keeps_bytes_under_it_and_the_most_recent_entries(settings):
+    settings.RESPONSE_CACHE_MAX_SIZE_MB = 10_000 / (1024 * 1024)  # 10,000 bytes: about 9 entries
+    for i in range(30):
+        assert response_cache.set(f"k{i}", value(i))
+        # Reading k0 each time keeps it the most recently used.
+        assert response_cache.get("k0") is not None
+    totals = response_cache.totals()
+    assert totals.size_bytes <= 10_000, totals
+    assert response_cache.get("k0") is not None and response_cache.get("k29") is not None
+    assert response_cache.get("k1") is None and response_cache.get("k15") is None
+    kept = set(CacheEntry.objects.filter(alias=RESPONSES).values_list("key", flat=True))
+    assert kept == {"k0", *(f"k{i}" for i in range(30 - len(kept) + 1, 30))}
+    assert counters.read([counters.RESPONSE_EVICTIONS])[counters.RESPONSE_EVICTIONS] == 30 - len(kept)
+
+
+def test_sizes_are_the_stored_bytes():
+    response_cache.set("a", {"chunks": ["héllo"], "final": {}})
+    entry = CacheEntry.objects.get(alias=RESPONSES, key="a")
+    assert entry.size_bytes == len('{"chunks":["héllo"],"final":{}}'.encode())
+    assert response_cache.totals().entries == 1
+
+
+def test_hits_and_misses_are_counted():
+    response_cache.set("a", value(1))
+    response_cache.get("a")
+    response_cache.get("a")
+    response_cache.get("missing")
+    read = counters.read([counters.RESPONSE_HITS, counters.RESPONSE_MISSES])
+    assert read == {counters.RESPONSE_HITS: 2, counters.RESPONSE_MISSES: 1}
+
+
+def test_a_value_the_backend_lost_is_a_miss_and_leaves_the_index(settings):
+    response_cache.set("a", value(1))
+    caches[RESPONSES].delete("a")  # expired or evicted by the backend itself
+    assert response_cache.get("a") is None
+    assert response_cache.totals().entries == 0
+
+
+def test_clear_removes_only_this_alias(settings):
+    response_cache.set("a", value(1))
+    conversation_cache.set("c", {"messages": []})
+    assert response_cache.clear() == 1
+    assert response_cache.get("a") is None and conversation_cache.get("c") == {"messages": []}
+    conversation_cache.clear()
+
+
+def test_a_dead_cache_backend_is_bypassed_not_fatal(settings):
+    settings.CACHES = {
+        **settings.CACHES,
+        RESPONSES: {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        },
+    }
+    assert response_cache.set("a", value(1)) is False
+    assert response_cache.get("a") is None
+    assert response_cache.totals().entries == 0
