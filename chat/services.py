@@ -265,7 +265,6 @@ class ChatSession:
     async def start(self) -> None:
         """Resolve the conversation, look in the cache, or enqueue the generation."""
         req = self.req
-        await run_blocking(counters.incr, counters.CHAT_REQUESTS)
         if req.conversation_id == "new":
             self.conversation_id = str(uuid.uuid4())
         elif req.conversation_id:
@@ -274,6 +273,7 @@ class ChatSession:
                 get_conversation, owner=self.owner, conversation_id=req.conversation_id, count=True
             )
             self.history = fit_history(stored["messages"], req.messages)
+        await run_blocking(counters.incr, counters.CHAT_REQUESTS)
         messages = [*self.history, *req.messages]
         key = chat_cache_key(req, messages, self.owner)
         entry = await cached_answer(key, use_cache=req.use_cache)

@@ -121,6 +121,7 @@ class OllamaConfig:
     api_url: str = setting("http://localhost:11434", "OLLAMA_API_URL", http_url)
     model: str = setting("deepseek-r1:8b", "OLLAMA_MODEL", nonempty)
     keep_alive: str = setting("15m", "OLLAMA_KEEP_ALIVE", keep_alive)
+    warm_on_start: bool = setting(False, "OLLAMA_WARM_ON_START")
     connect_timeout_seconds: float = setting(5.0, "OLLAMA_CONNECT_TIMEOUT_SECONDS", between(0.1, 300))
     first_token_timeout_seconds: float = setting(
         120.0, "OLLAMA_FIRST_TOKEN_TIMEOUT_SECONDS", between(0.1, 3600)
@@ -196,6 +197,9 @@ class SecurityConfig:
     csrf_trusted_origins: list[str] = setting((), "CSRF_TRUSTED_ORIGINS")
     # Set when TLS is terminated in front of the service: secure cookies, HSTS, HTTPS redirect.
     https: bool = setting(False, "HTTPS")
+    # Sent as `X-Admin-Token` to run state-changing operations (cache clears, warm-up) without a
+    # staff session. Empty: only staff sessions may.
+    admin_token: str = setting("", "ADMIN_TOKEN")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ SECRET_KEY = _secret_key()
 DEBUG = CONFIG.security.debug
 ALLOWED_HOSTS = CONFIG.security.allowed_hosts
 CSRF_TRUSTED_ORIGINS = CONFIG.security.csrf_trusted_origins
+ADMIN_TOKEN = CONFIG.security.admin_token
 
 INSTALLED_APPS = [
     "daphne",
@@ -61,6 +62,7 @@ INSTALLED_APPS = [
 # Every middleware here is async-capable, so an API request never hops to a thread for them.
 MIDDLEWARE = [
     "chat.middleware.RequestIdMiddleware",
+    "stats.middleware.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -189,6 +191,7 @@ SSE_HEARTBEAT_SECONDS = CONFIG.server.sse_heartbeat_seconds
 OLLAMA_API_URL = CONFIG.ollama.api_url.rstrip("/")
 OLLAMA_MODEL = CONFIG.ollama.model
 OLLAMA_KEEP_ALIVE = CONFIG.ollama.keep_alive
+OLLAMA_WARM_ON_START = CONFIG.ollama.warm_on_start
 OLLAMA_CONNECT_TIMEOUT_SECONDS = CONFIG.ollama.connect_timeout_seconds
 OLLAMA_FIRST_TOKEN_TIMEOUT_SECONDS = CONFIG.ollama.first_token_timeout_seconds
 OLLAMA_IDLE_TIMEOUT_SECONDS = CONFIG.ollama.idle_timeout_seconds

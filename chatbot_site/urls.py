@@ -26,6 +26,8 @@ urlpatterns = [
     path("api/chat-optimized", chat_views.chat_optimized, name="chat-optimized"),
     path("api/conversations/<str:conversation_id>", chat_views.conversation, name="conversation"),
     path("api/chat-queue", queue_views.chat_queue, name="chat-queue"),
+    path("api/cache-stats", stats_views.cache_stats, name="cache-stats"),
+    path("metrics", stats_views.prometheus_metrics, name="metrics"),
     path("api/chat-queue/stream", queue_views.chat_queue_stream, name="chat-queue-stream"),
     path("admin/", admin.site.urls),
     path(f"{settings.STATIC_URL.strip('/')}/<path:path>", static),

@@ -32,7 +32,7 @@ from chat.errors import ApiError, OllamaError
 from chat.ollama import get_client
 from chatbot_site.runtime import prepare_process, run_blocking
 from queueing import live, services
-from stats import counters
+from stats import counters, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,8 @@ class Scheduler:
         try:
             final: dict[str, Any] = {}
             async for chunk in get_client().stream(f"/api/{generation.endpoint}", generation.payload):
+                if not state.chunks:
+                    metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - started)
                 if chunk.get("done"):
                     final = {k: v for k, v in chunk.items() if k not in _NOT_METRICS}
                     break
@@ -172,6 +174,7 @@ class Scheduler:
                 final=final,
             )
             if jobs:
+                metrics.GENERATION_TIME.observe(time.monotonic() - started)
                 elapsed_ms = int((time.monotonic() - started) * 1000)
                 await run_blocking(counters.incr, counters.GENERATION_MS_TOTAL, elapsed_ms)
                 if any(job.use_cache for job in jobs):

@@ -1,4 +1,4 @@
-"""Operations services: health now; statistics, cache actions and warm-up build on it."""
+"""Operations services: health, statistics, cache actions and model warm-up."""
 
 from __future__ import annotations
 
@@ -9,12 +9,19 @@ import uuid
 from typing import Any, TypedDict
 
 from channels.layers import get_channel_layer
+from django.conf import settings
 from django.core.cache import caches
 from django.db import connection
+from django.utils import timezone
 
-from chat.errors import OllamaError
+from chat.caches import SizedCache, conversation_cache, response_cache
+from chat.errors import BadRequest, NotFound, OllamaError
 from chat.ollama import get_client
+from chat.requests import parse_model
+from chatbot_site.config import keep_alive as keep_alive_problem
 from chatbot_site.runtime import run_blocking
+from queueing import services as queue_services
+from stats import counters
 
 logger = logging.getLogger(__name__)
 
@@ -96,3 +103,185 @@ async def health_report(*, deep: bool) -> tuple[bool, dict[str, Any]]:
     checks = dict(zip(names, results, strict=True))
     healthy = all(result["ok"] for name, result in checks.items() if name != "ollama")
     return healthy, {"status": "healthy" if healthy else "unhealthy", "checks": checks}
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def _rate(part: int, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
+
+
+def _cache_block(cache: SizedCache, hits: int, misses: int) -> dict[str, Any]:
+    totals = cache.totals()
+    limit = cache.max_bytes
+    return {
+        "total_entries": totals.entries,
+        "total_size_mb": round(totals.size_bytes / (1024 * 1024), 4),
+        "total_size_bytes": totals.size_bytes,
+        "max_size_mb": round(limit / (1024 * 1024), 4),
+        "hit_rate": _rate(hits, hits + misses),
+        "miss_rate": _rate(misses, hits + misses),
+        "hits": hits,
+        "misses": misses,
+        "memory_usage_percent": round(totals.size_bytes * 100 / limit, 2) if limit else 0.0,
+    }
+
+
+def collect_counters_and_caches() -> dict[str, Any]:
+    """Every measured figure that lives in the shared database (blocking)."""
+    c = counters.read()
+
+    def n(name: str) -> int:
+        return int(c.get(name, 0))
+
+    response = _cache_block(response_cache, n(counters.RESPONSE_HITS), n(counters.RESPONSE_MISSES))
+    response["evictions"] = n(counters.RESPONSE_EVICTIONS)
+    conversation = _cache_block(
+        conversation_cache, n(counters.CONVERSATION_HITS), n(counters.CONVERSATION_MISSES)
+    )
+    del conversation["miss_rate"]  # the seed's conversation block has none
+    conversation["evictions"] = n(counters.CONVERSATION_EVICTIONS)
+    total, cached = n(counters.CHAT_REQUESTS), n(counters.RESPONSE_HITS)
+    batches = n(counters.BATCHES)
+    generations = n(counters.GENERATIONS)
+    overview = queue_services.queue_overview()
+    return {
+        "response_cache": response,
+        "conversation_cache": conversation,
+        "batch_processor": {
+            "total_requests": total,
+            "cached_responses": cached,
+            "cache_hit_rate": round(cached * 100 / total, 2) if total else 0.0,
+            "average_batch_size": round(n(counters.BATCHED_JOBS) / batches, 2) if batches else 0.0,
+            "batches": batches,
+            "deduplicated_requests": n(counters.DEDUPLICATED),
+        },
+        "queue_length": overview["queue_length"],
+        "is_processing": overview["is_processing"],
+        "queue": overview,
+        "requests": {
+            "total": total,
+            "queued": n(counters.REQUESTS_QUEUED),
+            "completed": n(counters.COMPLETED),
+            "failed": n(counters.FAILED),
+            "cancelled": n(counters.CANCELLED),
+            "deduplicated": n(counters.DEDUPLICATED),
+            "generations": generations,
+            "average_generation_ms": round(n(counters.GENERATION_MS_TOTAL) / generations, 1)
+            if generations
+            else 0.0,
+        },
+        "upstream_errors": {
+            name.removeprefix(counters.UPSTREAM_ERRORS_PREFIX): int(value)
+            for name, value in sorted(c.items())
+            if name.startswith(counters.UPSTREAM_ERRORS_PREFIX) and value
+        },
+    }
+
+
+async def ollama_status() -> dict[str, Any]:
+    """Whether Ollama answers, its version and the models it has loaded (``/api/ps``)."""
+    client = get_client()
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+            version = await client.version()
+            loaded = await client.ps()
+    except (OllamaError, TimeoutError) as exc:
+        return {"reachable": False, "error": str(exc), "url": settings.OLLAMA_API_URL}
+    return {
+        "reachable": True,
+        "url": settings.OLLAMA_API_URL,
+        "version": version,
+        "loaded_models": [
+            {
+                "name": m.get("name") or m.get("model"),
+                "expires_at": m.get("expires_at"),
+                "size_vram": m.get("size_vram"),
+            }
+            for m in loaded
+        ],
+    }
+
+
+async def collect_stats(*, include_ollama: bool = True) -> dict[str, Any]:
+    """``GET /api/cache-stats``: the seed's shape, every figure measured and shared across processes."""
+    figures, ollama = await asyncio.gather(
+        run_blocking(collect_counters_and_caches),
+        ollama_status() if include_ollama else _none(),
+    )
+    body: dict[str, Any] = {"timestamp": timezone.now().isoformat().replace("+00:00", "Z"), **figures}
+    if ollama is not None:
+        body["ollama"] = ollama
+    return body
+
+
+async def _none() -> None:
+    return None
+
+
+# --- actions -------------------------------------------------------------------------------------
+
+
+def clear_caches(*, responses: bool = True, conversations: bool = True) -> dict[str, int]:
+    """Remove this service's cached answers and/or conversations; returns how many entries went."""
+    cleared = {}
+    if responses:
+        cleared["responses"] = response_cache.clear()
+    if conversations:
+        cleared["conversations"] = conversation_cache.clear()
+    return cleared
+
+
+async def warm_model(*, model: str | None = None, keep_alive: str | None = None) -> dict[str, Any]:
+    """Load a model Ollama already has into memory and keep it for ``keep_alive``.
+
+    The name must be one Ollama lists: nothing user-supplied ever reaches pull, create or delete.
+    """
+    name = parse_model(model or settings.OLLAMA_MODEL)
+    keep = keep_alive if keep_alive is not None else settings.OLLAMA_KEEP_ALIVE
+    if keep_alive_problem(keep):
+        raise BadRequest(f'keep_alive {keep!r} is not a duration such as "30m".', code="invalid_keep_alive")
+    client = get_client()
+    available = [m.get("name") or m.get("model") for m in await client.tags()]
+    if name not in available:
+        raise NotFound(
+            f"Ollama has no model {name!r}; it has: {', '.join(filter(None, available)) or 'none'}.",
+            code="model_not_found",
+        )
+    started = time.perf_counter()
+    answer = await client.load(name, keep)
+    loaded = [m.get("name") or m.get("model") for m in await client.ps()]
+    return {
+        "model": name,
+        "keep_alive": keep,
+        "done_reason": answer.get("done_reason", ""),
+        "loaded": name in loaded,
+        "loaded_models": loaded,
+        "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+
+ACTIONS = ("clear", "clear_response_cache", "clear_conversation_cache", "warm_model")
+
+
+async def run_action(action: Any, data: Any) -> dict[str, Any]:
+    """``POST /api/cache-stats``: one of ACTIONS; 400 listing them for anything else."""
+    if action not in ACTIONS:
+        raise BadRequest(
+            f"Unknown action {action!r}; valid actions: {', '.join(ACTIONS)}.", code="unknown_action"
+        )
+    if data is not None and not isinstance(data, dict):
+        raise BadRequest("Field 'data' must be an object.", code="invalid_data")
+    data = data or {}
+    if action == "warm_model":
+        unknown = set(data) - {"model", "keep_alive"}
+        if unknown:
+            raise BadRequest(f"Unknown data field {sorted(unknown)[0]!r}.", code="invalid_data")
+        return {"action": action, "status": "ok", **await warm_model(**data)}
+    cleared = await run_blocking(
+        clear_caches,
+        responses=action in ("clear", "clear_response_cache"),
+        conversations=action in ("clear", "clear_conversation_cache"),
+    )
+    return {"action": action, "status": "ok", "cleared": cleared}

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import json
 import threading
@@ -436,7 +437,7 @@ class FakeOllama:
         writer: asyncio.StreamWriter,
     ) -> bool:
         """Produce the reply; returns True when it was delivered whole."""
-        cfg = self.settings
+        cfg = dataclasses.replace(self.settings)  # a change of settings applies to later requests
         chat = path == "/api/chat"
         started = time.monotonic_ns()
         options = body.get("options") or {}
@@ -483,7 +484,7 @@ class FakeOllama:
                 if await _sleep_unless(gone, cfg.first_token_delay + cfg.token_delay * max(count - 1, 0)):
                     return False
                 if cfg.fault in ("stall", "malformed", "error_line", "cut"):
-                    return await self._mid_stream_fault(writer, gone, streaming=False)
+                    return await self._mid_stream_fault(cfg.fault, writer, gone, streaming=False)
                 out = final()
                 text = "".join(tokens)
                 if chat:
@@ -499,7 +500,7 @@ class FakeOllama:
                 if await _sleep_unless(gone, delay):
                     return False
                 if cfg.fault in ("stall", "malformed", "error_line", "cut") and i == cfg.fault_after:
-                    return await self._mid_stream_fault(writer, gone, streaming=True)
+                    return await self._mid_stream_fault(cfg.fault, writer, gone, streaming=True)
                 await _write_chunk(writer, json.dumps(chunk(token)).encode() + b"\n")
             if not tokens and await _sleep_unless(gone, cfg.first_token_delay):
                 return False
@@ -515,9 +516,8 @@ class FakeOllama:
                 await gone
 
     async def _mid_stream_fault(
-        self, writer: asyncio.StreamWriter, gone: asyncio.Future[bytes], *, streaming: bool
+        self, fault: str, writer: asyncio.StreamWriter, gone: asyncio.Future[bytes], *, streaming: bool
     ) -> bool:
-        fault = self.settings.fault
         if fault == "stall":
             await gone  # hold the connection open and silent until the client gives up
             return False
