@@ -45,8 +45,12 @@ def response_key(
     options: dict[str, Any] | None = None,
     format: Any = None,
     owner: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> str:
-    """SHA-256 of everything that changes the answer (never ``stream`` or ``keep_alive``)."""
+    """SHA-256 of everything that changes the answer (never ``stream`` or ``keep_alive``).
+
+    ``extra`` carries an endpoint's other answer-changing fields (tools, images, context...).
+    """
     subject = {
         "endpoint": endpoint,
         "model": model,
@@ -57,6 +61,8 @@ def response_key(
         "format": format,
         "owner": owner,
     }
+    if extra:
+        subject["extra"] = extra
     digest = hashlib.sha256(canonical_json(subject).encode()).hexdigest()
     return f"{KEY_VERSION}:{digest}"
 

@@ -101,6 +101,12 @@ class OllamaClient:
         payload = {"model": model, "messages": [], "keep_alive": keep_alive_param(keep_alive)}
         return await self._json("POST", "/api/chat", payload, timeout=self.first_token_timeout)
 
+    async def request_json(
+        self, method: str, path: str, payload: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Any non-streaming call (``/api/embed``, ``/api/show``...), with the first-token timeout."""
+        return await self._json(method, path, payload, timeout=self.first_token_timeout)
+
     async def _json(
         self, method: str, path: str, payload: dict[str, Any] | None = None, *, timeout: float
     ) -> dict[str, Any]:

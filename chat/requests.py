@@ -152,21 +152,21 @@ def parse_chat_request(body: dict[str, Any], *, fields: set[str]) -> ChatRequest
         )
     if "messages" not in body:
         raise BadRequest("Field 'messages' is required.", code="invalid_messages")
-    messages = _messages(body["messages"])
+    messages = parse_messages(body["messages"])
     return ChatRequest(
         messages=messages,
         model=parse_model(body.get("model", settings.OLLAMA_MODEL)),
-        stream=_bool(body, "stream", False),
-        use_cache=_bool(body, "use_cache", True),
+        stream=parse_bool(body, "stream", False),
+        use_cache=parse_bool(body, "use_cache", True),
         priority=parse_priority(body.get("priority", 0)),
-        options=_options(body.get("options")),
-        format=_format(body.get("format")),
-        keep_alive=_keep_alive(body.get("keep_alive", settings.OLLAMA_KEEP_ALIVE)),
+        options=parse_options(body.get("options")),
+        format=parse_format(body.get("format")),
+        keep_alive=parse_keep_alive(body.get("keep_alive", settings.OLLAMA_KEEP_ALIVE)),
         conversation_id=_conversation_id(body.get("conversation_id")),
     )
 
 
-def _messages(value: Any, *, allow_empty: bool = False) -> list[dict[str, Any]]:
+def parse_messages(value: Any, *, allow_empty: bool = False) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         raise BadRequest(
             "Field 'messages' must be a list of {role, content} objects.", code="invalid_messages"
@@ -225,14 +225,14 @@ def parse_priority(value: Any) -> int:
     return value
 
 
-def _bool(body: dict[str, Any], name: str, default: bool) -> bool:
+def parse_bool(body: dict[str, Any], name: str, default: bool) -> bool:
     value = body.get(name, default)
     if not isinstance(value, bool):
         raise BadRequest(f"Field {name!r} must be true or false.", code=f"invalid_{name}")
     return value
 
 
-def _options(value: Any) -> dict[str, Any] | None:
+def parse_options(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -254,13 +254,13 @@ def _options(value: Any) -> dict[str, Any] | None:
     return value or None
 
 
-def _format(value: Any) -> Any:
+def parse_format(value: Any) -> Any:
     if value is None or value == "json" or isinstance(value, dict):
         return value
     raise BadRequest("Field 'format' must be \"json\" or a JSON schema object.", code="invalid_format")
 
 
-def _keep_alive(value: Any) -> str | int | float:
+def parse_keep_alive(value: Any) -> str | int | float:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)) or keep_alive_problem(value):
         raise BadRequest(
             "Field 'keep_alive' must be seconds (a number) or a duration such as \"15m\".",

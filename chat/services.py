@@ -248,35 +248,37 @@ async def _replay(entry: dict[str, Any]) -> AsyncIterator[live.Event]:
     yield live.Event("done", final=entry.get("final") or {})
 
 
-class ChatSession:
-    """One ``/api/chat-optimized`` request: a cache hit replayed, or an interactive queue job."""
+class GenerationSession:
+    """One generation request from a waiting caller: a cache hit replayed, or an interactive job.
 
-    def __init__(self, req: ChatRequest, owner: str) -> None:
-        self.req = req
-        self.owner = owner
-        self.conversation_id: str | None = None
-        self.history: list[dict[str, Any]] = []
+    Shared by every surface (``/api/chat-optimized``, Ollama's ``/api/chat`` and ``/api/generate``,
+    OpenAI's ``/v1/chat/completions``): they differ only in how they frame the events.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        model: str,
+        payload: dict[str, Any],
+        cache_key: str,
+        owner: str,
+        priority: int = 0,
+        use_cache: bool = True,
+    ) -> None:
+        self.endpoint, self.model, self.payload, self.cache_key = endpoint, model, payload, cache_key
+        self.owner, self.priority, self.use_cache = owner, priority, use_cache
         self.cached = False
         self.job_id: uuid.UUID | None = None
         self.finished = False
         self.chunks: list[str] = []
+        self.final: dict[str, Any] = {}
         self._pump: _Pump | None = None
 
     async def start(self) -> None:
-        """Resolve the conversation, look in the cache, or enqueue the generation."""
-        req = self.req
-        if req.conversation_id == "new":
-            self.conversation_id = str(uuid.uuid4())
-        elif req.conversation_id:
-            self.conversation_id = req.conversation_id
-            stored = await run_blocking(
-                get_conversation, owner=self.owner, conversation_id=req.conversation_id, count=True
-            )
-            self.history = fit_history(stored["messages"], req.messages)
+        """Look in the cache, or enqueue the generation."""
         await run_blocking(counters.incr, counters.CHAT_REQUESTS)
-        messages = [*self.history, *req.messages]
-        key = chat_cache_key(req, messages, self.owner)
-        entry = await cached_answer(key, use_cache=req.use_cache)
+        entry = await cached_answer(self.cache_key, use_cache=self.use_cache)
         if entry is not None:
             self.cached = True
             self._pump = _Pump(_replay(entry))
@@ -284,13 +286,13 @@ class ChatSession:
         enqueued = await run_blocking(
             queue.enqueue_request,
             kind=Kind.INTERACTIVE,
-            endpoint="chat",
-            model=req.model,
-            payload=req.ollama_payload(messages),
-            cache_key=key,
-            priority=req.priority,
+            endpoint=self.endpoint,
+            model=self.model,
+            payload=self.payload,
+            cache_key=self.cache_key,
+            priority=self.priority,
             owner=self.owner,
-            use_cache=req.use_cache,
+            use_cache=self.use_cache,
         )
         self.job_id = enqueued.job.id
         if not enqueued.joined:
@@ -298,35 +300,30 @@ class ChatSession:
         self._pump = _Pump(live.follow_request(self.job_id, keep_caller_alive=True))
 
     async def next_event(self, timeout: float | None = None) -> live.Event | None:
+        """The next event (None at the end); raises TimeoutError after ``timeout``."""
         assert self._pump is not None
         event = await self._pump.get(timeout)
-        if event is not None and event.kind == "chunk":
+        if event is None:
+            return None
+        if event.kind == "chunk":
             self.chunks.append(event.content)
-        elif event is not None and event.kind == "restart":
+        elif event.kind == "restart":
             self.chunks.clear()
-        elif event is not None and event.kind == "done":
-            await self._finish()
-        elif event is not None and event.kind == "error":
+        elif event.kind == "done":
+            self.final = event.final
+            self.finished = True
+            await self.on_done()
+        elif event.kind == "error":
             self.finished = True
         return event
 
-    async def _finish(self) -> None:
-        self.finished = True
-        if self.conversation_id:
-            await run_blocking(
-                append_conversation,
-                owner=self.owner,
-                conversation_id=self.conversation_id,
-                model=self.req.model,
-                history=self.history,
-                new=self.req.messages,
-                reply="".join(self.chunks),
-            )
+    async def on_done(self) -> None:
+        """Hook for what follows a successful answer."""
 
     async def first_events(self) -> list[live.Event]:
         """Events until the first token, the end, an error, or FIRST_EVENT_WAIT_SECONDS of queueing.
 
-        An error here raises, so the client gets a plain JSON error with its status code.
+        An error here raises, so the client gets a plain error with its status code.
         """
         events: list[live.Event] = []
         deadline = time.monotonic() + FIRST_EVENT_WAIT_SECONDS
@@ -344,43 +341,25 @@ class ChatSession:
             if event.kind != "position":
                 return events
 
-    async def frames(self, first: list[live.Event]) -> AsyncIterator[bytes]:
-        """The SSE frames; a client that goes away cancels the generation (if no one else shares it)."""
-        extra = {"conversation_id": self.conversation_id} if self.conversation_id else {}
-
-        async def events() -> AsyncIterator[live.Event]:
+    async def events(self, first: list[live.Event]) -> AsyncIterator[live.Event]:
+        """``first``, then every later event; leaving early cancels the generation (if unshared)."""
+        try:
             for event in first:
                 yield event
             while (event := await self.next_event()) is not None:
                 yield event
-
-        try:
-            async for frame in event_frames(events(), cached=self.cached, **extra):
-                yield frame
         finally:
             await asyncio.shield(self.close())
 
-    async def answer(self) -> dict[str, Any]:
+    async def answer(self) -> str:
         """The whole answer (non-streaming); raises the mapped ApiError on failure."""
-        try:
-            while (event := await self.next_event()) is not None:
-                if event.kind == "error":
-                    assert event.error is not None
-                    raise event.error
-                if event.kind == "done":
-                    body: dict[str, Any] = {
-                        "message": {"role": "assistant", "content": "".join(self.chunks)},
-                        "cached": self.cached,
-                        "model": self.req.model,
-                        "done_reason": str(event.final.get("done_reason", "")),
-                        "metrics": metrics(event.final),
-                    }
-                    if self.conversation_id:
-                        body["conversation_id"] = self.conversation_id
-                    return body
-            raise ApiError("The generation ended without an answer.", code="no_answer", status=502)
-        finally:
-            await asyncio.shield(self.close())
+        async for event in self.events([]):
+            if event.kind == "error":
+                assert event.error is not None
+                raise event.error
+            if event.kind == "done":
+                return "".join(self.chunks)
+        raise ApiError("The generation ended without an answer.", code="no_answer", status=502)
 
     async def close(self) -> None:
         """Stop listening; cancel the job if it has not finished (the caller left)."""
@@ -390,3 +369,62 @@ class ChatSession:
             with contextlib.suppress(ApiError):
                 await cancel(self.job_id, owner=None, reason="the client disconnected")
             self.finished = True
+
+
+class ChatSession(GenerationSession):
+    """``/api/chat-optimized``: a generation plus conversation memory."""
+
+    def __init__(self, req: ChatRequest, owner: str) -> None:
+        self.req = req
+        self.conversation_id: str | None = None
+        self.history: list[dict[str, Any]] = []
+        super().__init__(endpoint="chat", model=req.model, payload={}, cache_key="", owner=owner,
+                         priority=req.priority, use_cache=req.use_cache)  # fmt: skip
+
+    async def start(self) -> None:
+        """Resolve the conversation (404 for an unknown one), then as any generation."""
+        req = self.req
+        if req.conversation_id == "new":
+            self.conversation_id = str(uuid.uuid4())
+        elif req.conversation_id:
+            self.conversation_id = req.conversation_id
+            stored = await run_blocking(
+                get_conversation, owner=self.owner, conversation_id=req.conversation_id, count=True
+            )
+            self.history = fit_history(stored["messages"], req.messages)
+        messages = [*self.history, *req.messages]
+        self.payload = req.ollama_payload(messages)
+        self.cache_key = chat_cache_key(req, messages, self.owner)
+        await super().start()
+
+    async def on_done(self) -> None:
+        if self.conversation_id:
+            await run_blocking(
+                append_conversation,
+                owner=self.owner,
+                conversation_id=self.conversation_id,
+                model=self.req.model,
+                history=self.history,
+                new=self.req.messages,
+                reply="".join(self.chunks),
+            )
+
+    async def frames(self, first: list[live.Event]) -> AsyncIterator[bytes]:
+        """The SSE frames in the seed's format."""
+        extra = {"conversation_id": self.conversation_id} if self.conversation_id else {}
+        async for frame in event_frames(self.events(first), cached=self.cached, **extra):
+            yield frame
+
+    async def answer_body(self) -> dict[str, Any]:
+        """The seed's non-streaming body."""
+        content = await self.answer()
+        body: dict[str, Any] = {
+            "message": {"role": "assistant", "content": content},
+            "cached": self.cached,
+            "model": self.model,
+            "done_reason": str(self.final.get("done_reason", "")),
+            "metrics": metrics(self.final),
+        }
+        if self.conversation_id:
+            body["conversation_id"] = self.conversation_id
+        return body

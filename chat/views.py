@@ -23,7 +23,7 @@ async def chat_optimized(request: HttpRequest) -> HttpResponseBase:
     await session.start()
     headers = {"X-Conversation-ID": session.conversation_id} if session.conversation_id else {}
     if not req.stream:
-        response = JsonResponse(await session.answer())
+        response = JsonResponse(await session.answer_body())
         for name, value in headers.items():
             response[name] = value
         return response

@@ -10,6 +10,7 @@ from django.contrib.staticfiles.views import serve as staticfiles_serve
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
+from chat import ollama_api, openai_api
 from chat import views as chat_views
 from chat.errors import json_error
 from queueing import views as queue_views
@@ -28,6 +29,22 @@ urlpatterns = [
     path("api/chat-queue", queue_views.chat_queue, name="chat-queue"),
     path("api/cache-stats", stats_views.cache_stats, name="cache-stats"),
     path("metrics", stats_views.prometheus_metrics, name="metrics"),
+    # Ollama's API, for existing Ollama clients.
+    path("api/chat", ollama_api.chat, name="ollama-chat"),
+    path("api/generate", ollama_api.generate, name="ollama-generate"),
+    path("api/embed", ollama_api.embed, name="ollama-embed"),
+    path("api/tags", ollama_api.tags, name="ollama-tags"),
+    path("api/ps", ollama_api.ps, name="ollama-ps"),
+    path("api/show", ollama_api.show, name="ollama-show"),
+    path("api/version", ollama_api.version, name="ollama-version"),
+    *(
+        path(f"api/{name}", ollama_api.model_management, name=f"ollama-{name}")
+        for name in ("pull", "push", "create", "copy", "delete")
+    ),
+    path("api/blobs/<path:digest>", ollama_api.model_management, name="ollama-blobs"),
+    # OpenAI's API, for the openai SDK and what is built on it.
+    path("v1/chat/completions", openai_api.chat_completions, name="openai-chat-completions"),
+    path("v1/models", openai_api.models, name="openai-models"),
     path("api/chat-queue/stream", queue_views.chat_queue_stream, name="chat-queue-stream"),
     path("admin/", admin.site.urls),
     path(f"{settings.STATIC_URL.strip('/')}/<path:path>", static),

@@ -245,7 +245,9 @@ class Scheduler:
             logger.info("queue worker %s released its jobs: %s", self.name, released)
 
 
-_NOT_METRICS = {"model", "created_at", "message", "response", "done", "context", "thinking"}
+# What the final chunk carries besides metrics and done_reason (``context`` is kept: /api/generate
+# callers continue from it).
+_NOT_METRICS = {"model", "created_at", "message", "response", "done", "thinking"}
 
 
 def _content(endpoint: str, chunk: dict[str, Any]) -> str:
