@@ -10,7 +10,7 @@ SCALED_REDIS_URL ?= redis://127.0.0.1:6379/14
 SCALED_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
 
-.PHONY: run test test-embedded test-scaled lint format migrate clean
+.PHONY: run test test-embedded test-scaled lint format migrate clean bench bench-scaled wrk
 
 $(VENV)/.runtime: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,16 @@ test-scaled: $(VENV)/.dev
 	else \
 		echo "SKIPPED scaled-out run: Redis or PostgreSQL not reachable (start them; see README)"; \
 	fi
+
+# Benchmarks (not part of `make test`): see README, Performance.
+wrk:
+	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
+
+bench: $(VENV)/.dev wrk
+	$(PY) -m bench.run
+
+bench-scaled: $(VENV)/.dev wrk
+	$(PY) -m bench.run --scaled --json artifacts/bench-scaled.json
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -29,6 +29,7 @@ RESPONSES = "responses"
 CONVERSATIONS = "conversations"
 # Bump when the stored format changes: old entries are then simply never read again.
 KEY_VERSION = "v1"
+LRU_RESOLUTION_SECONDS = 1.0
 
 
 def canonical_json(value: Any) -> str:
@@ -109,7 +110,9 @@ class SizedCache:
             logger.warning("%s cache unavailable, bypassed: %s", self.alias, exc)
             raw = None
         if raw is None:
-            CacheEntry.objects.filter(alias=self.alias, key=key).delete()
+            stale = CacheEntry.objects.filter(alias=self.alias, key=key)
+            if stale.exists():  # a read first: a miss should not take the database's write lock
+                stale.delete()
             if count:
                 counters.incr(self.misses)
             return None
@@ -117,7 +120,11 @@ class SizedCache:
         fields: dict[str, Any] = {"last_used": now}
         if self.sliding:
             fields["expires_at"] = now + self.ttl_seconds
-        if not CacheEntry.objects.filter(alias=self.alias, key=key).update(**fields):
+        # LRU order to the second is plenty; skipping the write for hot keys keeps hits cheap.
+        entry = CacheEntry.objects.filter(alias=self.alias, key=key)
+        if not entry.filter(last_used__gte=now - LRU_RESOLUTION_SECONDS).exists() and not entry.update(
+            **fields
+        ):
             self._index(key, len(raw.encode()), now)
         if count:
             counters.incr(self.hits)

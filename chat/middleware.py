@@ -1,29 +1,28 @@
-"""Request ids: one per request, in every log line written while handling it and in X-Request-ID."""
+"""Request ids in every log line and X-Request-ID; Django's own middlewares only where they are needed."""
 
 from __future__ import annotations
 
-import contextvars
-import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponseBase
-from django.utils.decorators import sync_and_async_middleware
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.common import CommonMiddleware
+from django.middleware.csrf import CsrfViewMiddleware
+from django.middleware.security import SecurityMiddleware
+from django.utils.decorators import async_only_middleware, sync_and_async_middleware
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+from chat.errors import json_error
+from chat.logs import request_id_var
 
 # A client may pass its own id (a proxy's, say) if it looks like one; anything else is replaced.
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to every record (``-`` outside a request)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
 
 
 def _assign(request: HttpRequest) -> str:
@@ -53,5 +52,75 @@ def RequestIdMiddleware(  # noqa: N802 - Django middleware factories are named l
             response = get_response(request)
             response["X-Request-ID"] = rid  # type: ignore[index]
             return response  # type: ignore[return-value]
+
+    return middleware
+
+
+# --- keeping the API's request path free of thread hops ---------------------------------------------
+
+# Django's own middlewares are sync at heart: under ASGI each costs a thread hop per request (and the
+# first hop a new thread). The API needs none of them (no sessions, no forms, CSRF-exempt views), so
+# they run only where they matter: the admin, its static files, and the operator endpoint that
+# accepts staff sessions.
+FULL_STACK_PREFIXES = ("/admin/", "/static/", "/api/cache-stats")
+
+
+class OnlyWhereNeeded:
+    """Mixin: the Django middleware it precedes runs for FULL_STACK_PREFIXES paths only.
+
+    The wrappers subclass Django's classes, so the admin's system checks still find them.
+    """
+
+    get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        if request.path.startswith(FULL_STACK_PREFIXES):
+            return await super().__acall__(request)  # type: ignore[misc]
+        return await self.get_response(request)
+
+
+class Security(OnlyWhereNeeded, SecurityMiddleware):
+    pass
+
+
+class Sessions(OnlyWhereNeeded, SessionMiddleware):
+    pass
+
+
+class Common(OnlyWhereNeeded, CommonMiddleware):
+    pass
+
+
+class Csrf(OnlyWhereNeeded, CsrfViewMiddleware):
+    pass
+
+
+class Authentication(OnlyWhereNeeded, AuthenticationMiddleware):
+    pass
+
+
+class Messages(OnlyWhereNeeded, MessageMiddleware):
+    pass
+
+
+class Clickjacking(OnlyWhereNeeded, XFrameOptionsMiddleware):
+    pass
+
+
+@async_only_middleware
+def ApiHeadersMiddleware(  # noqa: N802 - Django middleware factories are named like classes
+    get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]],
+) -> Callable[[HttpRequest], Awaitable[HttpResponseBase]]:
+    """What the API keeps from the skipped middlewares: the ALLOWED_HOSTS check and safe headers."""
+
+    async def middleware(request: HttpRequest) -> HttpResponseBase:
+        try:
+            request.get_host()
+        except DisallowedHost:
+            return json_error(400, "bad_host", "The Host header is not one this service answers to.")
+        response = await get_response(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
 
     return middleware

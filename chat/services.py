@@ -71,7 +71,7 @@ async def submit_queued(req: ChatRequest, *, owner: str = "", idempotency_key: s
         existing = await run_blocking(queue.find_by_idempotency_key, owner=owner, key=idempotency_key)
         if existing is not None:
             return existing
-    await run_blocking(counters.incr, counters.CHAT_REQUESTS)
+    counters.incr(counters.CHAT_REQUESTS)
     payload = req.ollama_payload()
     key = chat_cache_key(req, req.messages, owner)
     entry = await cached_answer(key, use_cache=req.use_cache)
@@ -277,7 +277,7 @@ class GenerationSession:
 
     async def start(self) -> None:
         """Look in the cache, or enqueue the generation."""
-        await run_blocking(counters.incr, counters.CHAT_REQUESTS)
+        counters.incr(counters.CHAT_REQUESTS)
         entry = await cached_answer(self.cache_key, use_cache=self.use_cache)
         if entry is not None:
             self.cached = True
@@ -297,7 +297,7 @@ class GenerationSession:
         self.job_id = enqueued.job.id
         if not enqueued.joined:
             await live.wake_workers()
-        self._pump = _Pump(live.follow_request(self.job_id, keep_caller_alive=True))
+        self._pump = _Pump(live.follow_request(self.job_id, keep_caller_alive=True, job=enqueued.job))
 
     async def next_event(self, timeout: float | None = None) -> live.Event | None:
         """The next event (None at the end); raises TimeoutError after ``timeout``."""

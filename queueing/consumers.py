@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from channels.consumer import AsyncConsumer
+from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from channels.routing import get_default_application
@@ -123,7 +123,7 @@ class Scheduler:
                 state = Running(generation)
                 self.running[generation.generation_id] = state
                 state.task = asyncio.ensure_future(self._generate(state))
-            await live.notify_jobs(claim.claimed, "job.claimed")
+            await live.notify_claimed(claim.assigned)
 
     async def _renew_forever(self) -> None:
         while True:
@@ -176,7 +176,7 @@ class Scheduler:
             if jobs:
                 metrics.GENERATION_TIME.observe(time.monotonic() - started)
                 elapsed_ms = int((time.monotonic() - started) * 1000)
-                await run_blocking(counters.incr, counters.GENERATION_MS_TOTAL, elapsed_ms)
+                counters.incr(counters.GENERATION_MS_TOTAL, elapsed_ms)
                 if any(job.use_cache for job in jobs):
                     await run_blocking(
                         store_response,
@@ -204,7 +204,7 @@ class Scheduler:
         generation = state.generation
         retryable = error.code in _RETRYABLE_CODES
         logger.warning("generation %s failed: %s (%s)", generation.generation_id, error.message, error.code)
-        await run_blocking(counters.incr, counters.UPSTREAM_ERRORS_PREFIX + error.code)
+        counters.incr(counters.UPSTREAM_ERRORS_PREFIX + error.code)
         await run_blocking(
             services.fail_generation,
             worker=self.name,
@@ -258,6 +258,14 @@ def _content(endpoint: str, chunk: dict[str, Any]) -> str:
 
 class SchedulerConsumer(AsyncConsumer):
     """The worker as a channels consumer: the scheduler loop plus handlers named after messages."""
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # channels' dispatch first closes old database connections with a thread hop per message;
+        # these handlers touch no database (run_blocking refreshes its own connections).
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         self.scope = scope

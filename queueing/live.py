@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 # How often a waiting listener re-reads its row (position updates, missed messages).
 REFRESH_SECONDS = 1.0
+# A job still pending after this long gets position updates (most start sooner).
+FIRST_POSITION_SECONDS = 0.25
 # How long a late listener waits for the worker's replay before re-reading the row.
 REPLAY_TIMEOUT_SECONDS = 2.0
 
@@ -53,6 +55,14 @@ async def notify_jobs(job_ids: list[uuid.UUID], event: str = "job.update") -> No
     layer = get_channel_layer()
     for job_id in job_ids:
         await layer.group_send(job_group(job_id), {"type": event})
+
+
+async def notify_claimed(assigned: list[tuple[uuid.UUID, uuid.UUID, str]]) -> None:
+    """Tell listeners their job started: which generation, and which worker runs it."""
+    layer = get_channel_layer()
+    for job_id, generation_id, worker in assigned:
+        message = {"type": "job.claimed", "generation": generation_id.hex, "worker": worker}
+        await layer.group_send(job_group(job_id), message)
 
 
 async def stop_generation(*, worker: str, generation_id: uuid.UUID) -> None:
@@ -114,18 +124,24 @@ class _Inbox:
             await self.leave(group)
 
 
-async def follow_request(job_id: uuid.UUID, *, keep_caller_alive: bool = False) -> AsyncIterator[Event]:
+async def follow_request(
+    job_id: uuid.UUID, *, keep_caller_alive: bool = False, job: Job | None = None
+) -> AsyncIterator[Event]:
     """Yield a request's queue positions, then its chunks in order, then how it ended.
 
     Works for a listener that arrives at any time: before the request runs, while it generates
     (what was generated so far is replayed first) or after it finished (the result is replayed).
-    ``keep_caller_alive`` marks an interactive caller as still waiting while it listens.
+    ``keep_caller_alive`` marks an interactive caller as still waiting while it listens. ``job``:
+    the row as just created, saving a read (its position shows after FIRST_POSITION_SECONDS).
     """
     inbox = _Inbox()
     await inbox.open()
+    started = time.monotonic()
     try:
         await inbox.join(job_group(job_id))
-        job = await run_blocking(services.get_request, job_id=job_id)
+        if job is None:
+            job = await run_blocking(services.get_request, job_id=job_id)
+            started -= FIRST_POSITION_SECONDS
         generation: uuid.UUID | None = None
         emitted = 0
         have_snapshot = False
@@ -168,13 +184,19 @@ async def follow_request(job_id: uuid.UUID, *, keep_caller_alive: bool = False) 
                     await _ask_replay(inbox, job, generation)
                     replay_asked = time.monotonic()
 
+            wait = REFRESH_SECONDS
             if job.status == Status.PENDING:
-                status = await run_blocking(services.queue_status, job)
-                if status != last_status:
-                    last_status = status
-                    yield Event("position", status=status)
+                waited = time.monotonic() - started
+                if waited >= FIRST_POSITION_SECONDS:
+                    status = await run_blocking(services.queue_status, job)
+                    if status != last_status:
+                        last_status = status
+                        yield Event("position", status=status)
+                else:
+                    # Most jobs start at once: show a place in the queue only if it lasts.
+                    wait = FIRST_POSITION_SECONDS - waited
 
-            message = await inbox.get(REFRESH_SECONDS)
+            message = await inbox.get(wait)
             kind = message.get("type") if message else None
             if kind == "gen.snapshot" and generation and message["generation"] == generation.hex:
                 if message.get("gone"):
@@ -184,6 +206,12 @@ async def follow_request(job_id: uuid.UUID, *, keep_caller_alive: bool = False) 
                 buffered.update(dict(enumerate(message["chunks"])))
             elif kind == "gen.chunk" and generation and message["generation"] == generation.hex:
                 buffered[message["seq"]] = message["content"]
+            elif kind == "job.claimed" and job.status == Status.PENDING:
+                # Started: the message says where, so no read is needed to follow it.
+                job.status = Status.PROCESSING
+                job.generation_id = uuid.UUID(message["generation"])
+                job.lease_owner = message["worker"]
+                continue
             elif kind in ("gen.end", "job.update", "job.claimed") or message is None:
                 job = await run_blocking(services.get_request, job_id=job_id)
                 if (

@@ -185,11 +185,12 @@ class Generation:
 class Claim:
     generations: list[Generation]
     deferred: bool = False  # a fuller batch is worth waiting for (batch_timeout_ms)
-    claimed: list[uuid.UUID] = field(default_factory=list)  # every job taken, joins included
+    # Every job taken, joins included: (job, its generation, the worker running that generation).
+    assigned: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
 
     @property
     def jobs(self) -> int:
-        return len(self.claimed)
+        return len(self.assigned)
 
 
 def running_generations() -> int:
@@ -259,23 +260,24 @@ def claim_batch(*, worker: str, allow_partial: bool = True) -> Claim:
             for job_id, key in extra.order_by("rank").values_list("id", "cache_key"):
                 fresh[key].job_ids.append(job_id)
 
+        leaders = {job.generation_id: job for job in running_by_key.values()}
         lease = _lease_until()
         for generation in fresh.values():
             _start(generation.job_ids, generation.generation_id, worker, lease, now, first=True)
-        leaders = {job.generation_id: job for job in running_by_key.values()}
         for generation_id, job_ids in joins.items():
             leader = leaders[generation_id]
             _start(job_ids, generation_id, leader.lease_owner, leader.lease_expires_at, now, first=False)
-    claimed = [i for g in fresh.values() for i in g.job_ids] + [i for ids in joins.values() for i in ids]
-    if claimed:
+    assigned = [(i, g.generation_id, worker) for g in fresh.values() for i in g.job_ids]
+    assigned += [(i, gid, leaders[gid].lease_owner) for gid, ids in joins.items() for i in ids]
+    if assigned:
         counters.incr_many(
             {
                 counters.BATCHES: 1,
-                counters.BATCHED_JOBS: len(claimed),
-                counters.DEDUPLICATED: len(claimed) - len(fresh),
+                counters.BATCHED_JOBS: len(assigned),
+                counters.DEDUPLICATED: len(assigned) - len(fresh),
             }
         )
-    return Claim(list(fresh.values()), claimed=claimed)
+    return Claim(list(fresh.values()), assigned=assigned)
 
 
 def _start(

@@ -25,6 +25,14 @@ def pytest_report_header(config: pytest.Config) -> str:
     return "deployment: embedded default (SQLite, database caches, in-memory channel layer)"
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_counter_increments() -> None:
+    """Increments the test process buffered in an earlier test must not count in this one."""
+    from stats import counters
+
+    counters.discard_pending()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip = pytest.mark.skip(reason="needs the scaled-out deployment (REDIS_URL and DATABASE_URL)")
     for item in items:

@@ -139,27 +139,31 @@ class FakeOllama:
         self._gate: asyncio.Semaphore | None = None
         self._release_hang: asyncio.Event | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        # Live gauges: a reset leaves them alone (what is open stays open).
+        self.in_flight = 0  # generation requests being answered right now
+        self.connections_open = 0
         self.reset()
 
     # --- state the tests read ------------------------------------------------------------------
 
     def reset(self) -> None:
         """Forget requests and counters, unload models, restore the timings it was built with."""
+        self._reset_state()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._reset_loop_state)
+            asyncio.run_coroutine_threadsafe(self._apply_listen_state(), self._loop).result(5)
+
+    def _reset_state(self) -> None:
         with self._lock:
             self.requests: list[RecordedRequest] = []
             self.calls: collections.Counter[str] = collections.Counter()
             self.generations = 0  # generation requests received (chat + generate, not loads)
-            self.in_flight = 0  # generation requests being answered right now
-            self.max_in_flight = 0
+            self.max_in_flight = self.in_flight
             self.waiting = 0
             self.completed = 0
             self.aborted = 0  # generations whose client went away before the end
-            self.connections_open = 0
             self.loaded: dict[str, float] = {}  # model -> expiry (monotonic), -1 = forever
         self.settings = Settings(**self._initial)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._reset_loop_state)
-            asyncio.run_coroutine_threadsafe(self._apply_listen_state(), self._loop).result(5)
 
     def configure(self, **settings: Any) -> None:
         """Change timing, parallelism or fault mode while running."""
@@ -645,8 +649,7 @@ class FakeOllama:
             self._reset_loop_state()
             await _send_json(writer, 200, {"settings": self.settings.__dict__})
         elif path == "/_emulator/reset" and method == "POST":
-            self.requests, self.calls = [], collections.Counter()
-            self.settings = Settings(**self._initial)
+            self._reset_state()
             self._reset_loop_state()
             await _send_json(writer, 200, {"ok": True})
         else:

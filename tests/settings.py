@@ -11,3 +11,7 @@ import uuid
 os.environ.setdefault("REDIS_KEY_PREFIX", f"chatbot-test-{uuid.uuid4().hex[:8]}")
 
 from chatbot_site.settings import *  # noqa: F403
+
+# Counter increments made by the test process itself are written when read, inside the test's own
+# transaction, never by a thread that would outlive the test.
+COUNTERS_BACKGROUND_FLUSH = False

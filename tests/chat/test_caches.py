@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.cache import caches
 
+from chat import caches as caches_module
 from chat.caches import RESPONSES, conversation_cache, response_cache, response_key
 from chat.models import CacheEntry
 from stats import counters
@@ -35,9 +36,22 @@ def test_key_covers_everything_that_changes_the_answer_and_nothing_else():
     assert response_key(**{**base, "model": "n"}) != key
 
 
-def test_filling_past_the_limit_keeps_bytes_under_it_and_the_most_recent_entries(settings):
+class Clock:
+    """The cache's clock, advanced by the test (LRU order has a one-second resolution)."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_filling_past_the_limit_keeps_bytes_under_it_and_the_most_recent_entries(settings, monkeypatch):
     settings.RESPONSE_CACHE_MAX_SIZE_MB = 10_000 / (1024 * 1024)  # 10,000 bytes: about 9 entries
+    clock = Clock()
+    monkeypatch.setattr(caches_module, "time", clock)
     for i in range(30):
+        clock.now += 2
         assert response_cache.set(f"k{i}", value(i))
         # Reading k0 each time keeps it the most recently used.
         assert response_cache.get("k0") is not None

@@ -45,7 +45,8 @@ def run_sequence(client: httpx.Client, ollama) -> None:
     assert unknown.status_code == 404
 
 
-def test_every_figure_after_a_known_sequence(server, ollama):
+def test_every_figure_after_a_known_sequence(start_server, ollama):
+    server = start_server()
     with server.client() as client:
         run_sequence(client, ollama)
         stats = client.get("/api/cache-stats").json()
@@ -77,7 +78,8 @@ def test_every_figure_after_a_known_sequence(server, ollama):
     assert stats["timestamp"].endswith("Z")
 
 
-def test_metrics_parse_and_match_the_stats(server, ollama):
+def test_metrics_parse_and_match_the_stats(start_server, ollama):
+    server = start_server()
     with server.client() as client:
         run_sequence(client, ollama)
         stats = client.get("/api/cache-stats").json()
