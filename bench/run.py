@@ -284,7 +284,10 @@ def main() -> int:
             **base_env,
             "OLLAMA_API_URL": emulator.url,
             "OLLAMA_MODEL": "llama3.2:1b",
+            # The latency scenarios measure the path, not the queue: every client's request is
+            # started at once (slots and the batch a claim takes both cover all clients).
             "QUEUE_MAX_CONCURRENT": str(max(args.clients, 20)),
+            "BATCH_MAX_BATCH_SIZE": str(max(args.clients, 20)),
             "QUEUE_MAX_QUEUE_SIZE": "10000",
             "BATCH_TIMEOUT_MS": "0",
             "SQLITE_PATH": str(workdir / "bench.sqlite3"),
@@ -362,7 +365,7 @@ def main() -> int:
             server.send_signal(signal.SIGTERM)
             server.wait(15)
         emulator.configure(first_token_delay=0, token_delay=0, token_count=8)
-        queue_env = {**env, "QUEUE_MAX_CONCURRENT": "4"}
+        queue_env = {**env, "QUEUE_MAX_CONCURRENT": "4", "BATCH_MAX_BATCH_SIZE": "3"}
         for port in ports:
             procs.start(
                 [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"],

@@ -522,8 +522,26 @@ def queue_position(job: Job) -> int:
     return Job.objects.filter(status=Status.PENDING, rank__lte=job.rank).count()
 
 
+_average_cache: tuple[float, float] = (0.0, float(DEFAULT_GENERATION_MS))  # (monotonic at, value)
+AVERAGE_REFRESH_SECONDS = 1.0
+
+
 def average_generation_ms() -> float:
-    """Moving average of the last generations' durations (started to finished)."""
+    """Moving average of the last generations' durations (started to finished).
+
+    An estimate for wait times, so each process recomputes it at most once a second rather than
+    on every submission.
+    """
+    global _average_cache
+    at, value = _average_cache
+    if time.monotonic() - at < AVERAGE_REFRESH_SECONDS:
+        return value
+    value = _measure_average_generation_ms()
+    _average_cache = (time.monotonic(), value)
+    return value
+
+
+def _measure_average_generation_ms() -> float:
     recent = list(
         Job.objects.filter(
             status=Status.COMPLETED, cached=False, deduplicated=False, started_at__isnull=False
