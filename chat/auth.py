@@ -1,8 +1,10 @@
-"""Who may do what: operators (staff sessions or the admin token) for state-changing operations."""
+"""Who may do what: API keys (each one an owner) and operators (staff sessions or the admin token)."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import secrets
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -39,3 +41,23 @@ async def require_operator(request: HttpRequest) -> str:
     if rejected is not None:
         raise ApiError("CSRF verification failed for this staff session.", code="csrf_failed", status=403)
     return f"staff:{user.get_username()}"
+
+
+def hash_key(key: str) -> str:
+    """What the config holds for an API key: its SHA-256, in hex."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def owner_for_key(presented: str) -> str | None:
+    """The name of the configured key ``presented`` is, or None. Compares with every key in
+    constant time, so the timing reveals neither which key nor how much of it matched."""
+    digest = hash_key(presented).encode()
+    found = None
+    for name, expected in settings.API_KEYS.items():
+        if hmac.compare_digest(digest, expected.encode()):
+            found = name
+    return found
+
+
+def new_api_key() -> str:
+    return "cbk_" + secrets.token_urlsafe(32)

@@ -52,6 +52,8 @@ def response_key(
 
     ``extra`` carries an endpoint's other answer-changing fields (tools, images, context...).
     """
+    if settings.SHARED_CACHE:
+        owner = ""  # owners share answers (their requests and conversations stay their own)
     subject = {
         "endpoint": endpoint,
         "model": model,

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import iscoroutinefunction
+from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
@@ -18,6 +19,8 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.utils.decorators import async_only_middleware, sync_and_async_middleware
 
+from chat import rate_limits
+from chat.auth import owner_for_key
 from chat.errors import json_error
 from chat.logs import request_id_var
 
@@ -121,6 +124,59 @@ def ApiHeadersMiddleware(  # noqa: N802 - Django middleware factories are named 
         response = await get_response(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+    return middleware
+
+
+# --- API keys and rate limits ------------------------------------------------------------------------
+
+_PUBLIC = ("/health", "/admin/", "/static/")
+
+
+def _needs_key(request: HttpRequest) -> bool:
+    path = request.path
+    if path.startswith(_PUBLIC):
+        return False
+    if path == "/api/cache-stats" and request.method == "POST":
+        return False  # operators: a staff session or the admin token (chat.auth.require_operator)
+    return path.startswith(("/api/", "/v1/")) or path == "/metrics"
+
+
+def _unauthorized(message: str, code: str) -> HttpResponseBase:
+    response = json_error(401, code, message)
+    response["WWW-Authenticate"] = 'Bearer realm="chatbot-backend"'
+    return response
+
+
+@async_only_middleware
+def ApiKeyMiddleware(  # noqa: N802 - Django middleware factories are named like classes
+    get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]],
+) -> Callable[[HttpRequest], Awaitable[HttpResponseBase]]:
+    """With ``[security] api_keys`` set, the API needs ``Authorization: Bearer <key>``; the key's
+    name becomes the request's owner. Then the per-owner rate limits apply."""
+
+    async def middleware(request: HttpRequest) -> HttpResponseBase:
+        request.api_owner = ""  # type: ignore[attr-defined]
+        if not _needs_key(request):
+            return await get_response(request)
+        if settings.API_KEYS:
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not presented.strip():
+                return _unauthorized(
+                    "This API needs an API key: Authorization: Bearer <key>.", "authentication_required"
+                )
+            owner = owner_for_key(presented.strip())
+            if owner is None:
+                return _unauthorized("The API key is not valid.", "invalid_api_key")
+            request.api_owner = owner  # type: ignore[attr-defined]
+        identity = request.api_owner or f"addr:{request.META.get('REMOTE_ADDR', '')}"  # type: ignore[attr-defined]
+        limited = await rate_limits.check_rate(identity)
+        if limited is not None:
+            return limited
+        response = await get_response(request)
+        if response.streaming and settings.MAX_CONCURRENT_STREAMS:
+            return await rate_limits.limit_stream(identity, response)
         return response
 
     return middleware

@@ -97,6 +97,26 @@ def parse_log_levels(spec: str) -> tuple[str, dict[str, str]]:
     return root, modules
 
 
+_KEY_LINE = re.compile(r"^[A-Za-z0-9_.-]{1,64}:[0-9a-f]{64}$")
+
+
+def api_key_lines(value: Any) -> str | None:
+    names = []
+    for line in value:
+        if not _KEY_LINE.match(line):
+            return 'each entry must be "name:<hex SHA-256 of the key>" (see manage.py create_api_key)'
+        names.append(line.split(":", 1)[0])
+    return "key names must be unique" if len(set(names)) != len(names) else None
+
+
+def origins(value: Any) -> str | None:
+    for origin in value:
+        parsed = urlparse(origin)
+        if origin == "*" or parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path:
+            return f"{origin!r} is not an origin such as https://chat.example.org (no wildcards)"
+    return None
+
+
 def setting(default: Any, env: str, check: Check | None = None) -> Any:
     """Declare a config key: its default, the env variable that overrides it, and its check."""
     return field(default=default, metadata={"env": env, "check": check})
@@ -200,6 +220,15 @@ class SecurityConfig:
     # Sent as `X-Admin-Token` to run state-changing operations (cache clears, warm-up) without a
     # staff session. Empty: only staff sessions may.
     admin_token: str = setting("", "ADMIN_TOKEN")
+    # "name:<hex SHA-256 of the key>" per client; empty = no keys needed. Each name owns its
+    # requests, conversations and cached answers.
+    api_keys: list[str] = setting((), "API_KEYS", api_key_lines)
+    # Let different owners share cached answers (off: each owner's cache is its own).
+    shared_cache: bool = setting(False, "SHARED_CACHE")
+    cors_allowed_origins: list[str] = setting((), "CORS_ALLOWED_ORIGINS", origins)
+    # Per owner (API key, else client address); 0 turns a limit off.
+    rate_limit_per_minute: int = setting(0, "RATE_LIMIT_PER_MINUTE", between(0, 1_000_000))
+    max_concurrent_streams: int = setting(0, "MAX_CONCURRENT_STREAMS", between(0, 100_000))
 
 
 @dataclass(frozen=True)

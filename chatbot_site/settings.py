@@ -43,6 +43,16 @@ DEBUG = CONFIG.security.debug
 ALLOWED_HOSTS = CONFIG.security.allowed_hosts
 CSRF_TRUSTED_ORIGINS = CONFIG.security.csrf_trusted_origins
 ADMIN_TOKEN = CONFIG.security.admin_token
+# name -> hex SHA-256 of the key; only hashes are ever configured.
+API_KEYS = dict(line.split(":", 1) for line in CONFIG.security.api_keys)
+SHARED_CACHE = CONFIG.security.shared_cache
+RATE_LIMIT_PER_MINUTE = CONFIG.security.rate_limit_per_minute
+MAX_CONCURRENT_STREAMS = CONFIG.security.max_concurrent_streams
+CORS_ALLOWED_ORIGINS = CONFIG.security.cors_allowed_origins
+CORS_ALLOW_CREDENTIALS = False  # never credentials across origins: API keys travel in headers
+CORS_URLS_REGEX = r"^/(api|v1)/.*$"
+CORS_ALLOW_HEADERS = ("authorization", "content-type", "idempotency-key", "x-request-id")
+CORS_EXPOSE_HEADERS = ("x-conversation-id", "x-request-id", "retry-after")
 
 INSTALLED_APPS = [
     "daphne",
@@ -52,6 +62,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "corsheaders",
     # Before channels: our `runworker` (the queue worker's start-up and SIGTERM handling) must win.
     "chat",
     "queueing",
@@ -65,6 +76,8 @@ MIDDLEWARE = [
     "chat.middleware.RequestIdMiddleware",
     "stats.middleware.MetricsMiddleware",
     "chat.middleware.ApiHeadersMiddleware",
+    *(["corsheaders.middleware.CorsMiddleware"] if CONFIG.security.cors_allowed_origins else []),
+    "chat.middleware.ApiKeyMiddleware",
     "chat.middleware.Security",
     "chat.middleware.Sessions",
     "chat.middleware.Common",

@@ -1,0 +1,81 @@
+"""Per-owner limits: requests per minute and concurrent streams, counted in the ``default`` cache
+(local memory on the embedded default's single process, Redis when scaled out, so every process
+counts against the same numbers)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+from django.core.cache import caches
+from django.http import HttpResponseBase
+
+from chat.errors import TooManyRequests, error_response
+from chatbot_site.runtime import run_blocking
+
+
+def _count(key: str, delta: int, ttl: int) -> int:
+    cache = caches["default"]
+    cache.add(key, 0, ttl)
+    try:
+        return cache.incr(key, delta)
+    except ValueError:  # expired between add and incr
+        cache.set(key, max(delta, 0), ttl)
+        return max(delta, 0)
+
+
+async def check_rate(identity: str) -> HttpResponseBase | None:
+    """A 429 with Retry-After when ``identity`` used up this minute's requests, else None."""
+    limit = settings.RATE_LIMIT_PER_MINUTE
+    if not limit:
+        return None
+    now = time.time()
+    minute = int(now // 60)
+    used = await run_blocking(_count, f"ratelimit:{identity}:{minute}", 1, 120)
+    if used <= limit:
+        return None
+    retry_after = max(1, math.ceil((minute + 1) * 60 - now))
+    return error_response(
+        TooManyRequests(
+            f"Rate limit of {limit} requests per minute reached.",
+            code="rate_limited",
+            retry_after=retry_after,
+        )
+    )
+
+
+async def limit_stream(identity: str, response: HttpResponseBase) -> HttpResponseBase:
+    """Count the stream while it is open; refuse it (and close it, cancelling its work) over the limit."""
+    key = f"streams:{identity}"
+    # A crashed process's streams stop counting after an hour at most.
+    open_now = await run_blocking(_count, key, 1, 3600)
+    if open_now > settings.MAX_CONCURRENT_STREAMS:
+        await run_blocking(_count, key, -1, 3600)
+        await _close(response)
+        return error_response(
+            TooManyRequests(
+                f"At most {settings.MAX_CONCURRENT_STREAMS} concurrent streams per client.",
+                code="too_many_streams",
+                retry_after=1,
+            )
+        )
+    content = response.streaming_content  # type: ignore[attr-defined]
+
+    async def counted() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in content:
+                yield chunk
+        finally:
+            await run_blocking(_count, key, -1, 3600)
+
+    response.streaming_content = counted()  # type: ignore[attr-defined]
+    return response
+
+
+async def _close(response: HttpResponseBase) -> None:
+    iterator = response.streaming_content  # type: ignore[attr-defined]
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
