@@ -10,7 +10,7 @@ SCALED_REDIS_URL ?= redis://127.0.0.1:6379/14
 SCALED_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
 
-.PHONY: run test test-embedded test-scaled lint format migrate clean bench bench-scaled wrk
+.PHONY: run test browser-deps test-embedded test-scaled lint format migrate clean bench bench-scaled wrk
 
 $(VENV)/.runtime: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,14 @@ run: migrate
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatbot_site.asgi:application
 
 # The whole suite twice: on the embedded default, then scaled out on Redis + PostgreSQL.
-test: test-embedded test-scaled
+test: browser-deps test-embedded test-scaled
+
+# Headless Chromium for the browser tests (Debian's packages; needs root, as on CI).
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null) || \
+	  echo "could not install chromium + chromium-driver: browser tests will be skipped (fail on CI)"
 
 test-embedded: $(VENV)/.dev
 	@echo "=== test suite: embedded default (SQLite, database caches, in-memory channel layer) ==="

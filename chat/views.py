@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 
 from chat import services
+from chat.errors import NotFound
 from chat.http import api_view, owner_of
 from chat.requests import parse_chat_request, parse_conversation_id, parse_json_body
 from chat.sse import sse_response
@@ -44,3 +49,18 @@ async def conversation(request: HttpRequest, conversation_id: str) -> HttpRespon
         return HttpResponse(status=204)
     stored = await run_blocking(services.get_conversation, owner=owner, conversation_id=conversation_id)
     return JsonResponse({"conversation_id": conversation_id, "messages": stored["messages"]})
+
+
+@functools.cache
+def _page() -> bytes:
+    return (Path(__file__).parent / "page" / "index.html").read_bytes()
+
+
+@api_view("GET", "HEAD")
+async def chat_page(request: HttpRequest) -> HttpResponseBase:
+    """``/``: the example chat page (``[ui] enabled``)."""
+    if not settings.UI_ENABLED:
+        raise NotFound("No endpoint at /.", code="not_found")
+    response = HttpResponse(_page(), content_type="text/html; charset=utf-8")
+    response["X-Frame-Options"] = "DENY"
+    return response

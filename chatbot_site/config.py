@@ -232,6 +232,12 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class UiConfig:
+    # The example chat page at /: how a front-end consumes the SSE frames.
+    enabled: bool = setting(True, "UI_ENABLED")
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = setting("INFO", "LOG_LEVEL", log_level)
 
@@ -248,6 +254,7 @@ class Config:
     database: DatabaseConfig
     redis: RedisConfig
     security: SecurityConfig
+    ui: UiConfig
     logging: LoggingConfig
     source: str
 

@@ -243,6 +243,8 @@ LIMITS_MAX_PRIORITY = CONFIG.limits.max_priority
 # Reading a larger body raises RequestDataTooBig, which the API answers with 413.
 DATA_UPLOAD_MAX_MEMORY_SIZE = LIMITS_MAX_BODY_BYTES
 
+UI_ENABLED = CONFIG.ui.enabled
+
 # --- security: strict when TLS is terminated in front of us --------------------------------------
 
 SECURE_CONTENT_TYPE_NOSNIFF = True

@@ -23,6 +23,7 @@ def static(request: HttpRequest, path: str) -> Any:
 
 
 urlpatterns = [
+    path("", chat_views.chat_page, name="chat-page"),
     path("health", stats_views.health, name="health"),
     path("api/chat-optimized", chat_views.chat_optimized, name="chat-optimized"),
     path("api/conversations/<str:conversation_id>", chat_views.conversation, name="conversation"),

@@ -68,9 +68,10 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel selected requests", permissions=["cancel"])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        active = list(queryset.filter(status__in=ACTIVE).values_list("id", flat=True))
-        cancelled = cancel_many(active)
-        skipped = queryset.count() - cancelled
+        # Read the selection first: the queryset is re-evaluated, and may be filtered by status.
+        selected = list(queryset.values_list("id", "status"))
+        cancelled = cancel_many([job_id for job_id, status in selected if status in ACTIVE])
+        skipped = len(selected) - cancelled
         self.message_user(
             request,
             f"Cancelled {cancelled} request(s)" + (f"; {skipped} were already finished." if skipped else "."),
