@@ -116,12 +116,35 @@ class _Inbox:
             return None
 
     async def close(self) -> None:
+        """Stop receiving and leave the groups, in the background.
+
+        Nothing waits for it: a cancelled channels_redis receive can take a while to unwind, and
+        the caller (a finished stream) must not be held open meanwhile. Group memberships also
+        expire on their own (channel layer ``expiry``).
+        """
+        task = asyncio.ensure_future(self._cleanup())
+        _cleanups.add(task)
+        task.add_done_callback(_cleanups.discard)
+
+    async def _cleanup(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for group in list(self.groups):
-            await self.leave(group)
+        try:
+            async with asyncio.timeout(CLEANUP_SECONDS):
+                if self._task is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._task
+                for group in list(self.groups):
+                    await self.leave(group)
+        except TimeoutError:
+            logger.warning("leaving %s took over %s s; left to expire", self.groups, CLEANUP_SECONDS)
+        except Exception:
+            logger.exception("leaving channel groups failed; they expire on their own")
+
+
+# Background clean-ups in flight (kept referenced so they are not garbage-collected mid-way).
+_cleanups: set[asyncio.Task[None]] = set()
+CLEANUP_SECONDS = 5.0
 
 
 async def follow_request(
