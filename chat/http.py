@@ -19,8 +19,11 @@ def owner_of(request: HttpRequest) -> str:
     return getattr(request, "api_owner", "")
 
 
-def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
-    """Mark an async view as an API endpoint: only ``methods``, JSON errors, no CSRF.
+def api_view(
+    *methods: str, render: Callable[[ApiError], HttpResponseBase] = error_response
+) -> Callable[[AsyncView], AsyncView]:
+    """Mark an async view as an API endpoint: only ``methods``, errors rendered by ``render``
+    (our JSON shape by default; the Ollama and OpenAI surfaces pass their own), no CSRF.
 
     The API is called by scripts and front-ends with JSON bodies (and, once configured, bearer
     keys), not by forms carrying Django's session cookie, so CSRF tokens do not apply.
@@ -29,20 +32,19 @@ def api_view(*methods: str) -> Callable[[AsyncView], AsyncView]:
     def decorate(view: AsyncView) -> AsyncView:
         @functools.wraps(view)
         async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-            if request.method not in methods:
-                response = error_response(
-                    ApiError(
+            try:
+                if request.method not in methods:
+                    raise ApiError(
                         f"{request.method} is not allowed here; use {', '.join(methods)}.",
                         code="method_not_allowed",
                         status=405,
                     )
-                )
-                response["Allow"] = ", ".join(methods)
-                return response
-            try:
                 return await view(request, *args, **kwargs)
             except ApiError as exc:
-                return error_response(exc)
+                response = render(exc)
+                if exc.status == 405:
+                    response["Allow"] = ", ".join(methods)
+                return response
 
         return csrf_exempt(wrapper)
 

@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from functools import wraps
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
-from django.views.decorators.csrf import csrf_exempt
 
 from chat.caches import response_cache, response_key
 from chat.errors import ApiError, BadRequest, TooManyRequests
-from chat.http import owner_of
+from chat.http import api_view, owner_of
 from chat.ollama import get_client
 from chat.requests import (
     parse_bool,
@@ -59,19 +57,7 @@ def ollama_error(exc: ApiError) -> JsonResponse:
 
 
 def ollama_view(*methods: str) -> Callable[[Callable[..., Awaitable[HttpResponseBase]]], Any]:
-    def decorate(view: Callable[..., Awaitable[HttpResponseBase]]) -> Any:
-        @wraps(view)
-        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-            if request.method not in methods:
-                return JsonResponse({"error": "method not allowed"}, status=405)
-            try:
-                return await view(request, *args, **kwargs)
-            except ApiError as exc:
-                return ollama_error(exc)
-
-        return csrf_exempt(wrapper)
-
-    return decorate
+    return api_view(*methods, render=ollama_error)
 
 
 def _now() -> str:
@@ -88,6 +74,16 @@ def _checked(body: dict[str, Any], fields: set[str]) -> None:
 
 def _extra(body: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     return {name: body[name] for name in names if body.get(name) is not None}
+
+
+def _options_and_format(body: dict[str, Any], payload: dict[str, Any]) -> tuple[dict[str, Any] | None, Any]:
+    """Validate ``options`` and ``format``, add them to the upstream payload, and return them."""
+    options, fmt = parse_options(body.get("options")), parse_format(body.get("format"))
+    if options:
+        payload["options"] = options
+    if fmt is not None:
+        payload["format"] = fmt
+    return options, fmt
 
 
 async def _load_or_unload(path: str, payload: dict[str, Any]) -> JsonResponse:
@@ -108,11 +104,7 @@ async def chat(request: HttpRequest) -> HttpResponseBase:
         "keep_alive": parse_keep_alive(body.get("keep_alive", settings.OLLAMA_KEEP_ALIVE)),
         **_extra(body, CHAT_EXTRA),
     }
-    options, fmt = parse_options(body.get("options")), parse_format(body.get("format"))
-    if options:
-        payload["options"] = options
-    if fmt is not None:
-        payload["format"] = fmt
+    options, fmt = _options_and_format(body, payload)
     if not messages:
         return await _load_or_unload("/api/chat", payload)
     key = response_key(
@@ -140,11 +132,7 @@ async def generate(request: HttpRequest) -> HttpResponseBase:
     }
     if system is not None:
         payload["system"] = system
-    options, fmt = parse_options(body.get("options")), parse_format(body.get("format"))
-    if options:
-        payload["options"] = options
-    if fmt is not None:
-        payload["format"] = fmt
+    options, fmt = _options_and_format(body, payload)
     if not prompt:
         return await _load_or_unload("/api/generate", payload)
     key = response_key(

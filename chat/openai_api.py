@@ -7,16 +7,14 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import wraps
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
-from django.views.decorators.csrf import csrf_exempt
 
 from chat.caches import response_key
 from chat.errors import ApiError, BadRequest
-from chat.http import owner_of
+from chat.http import api_view, owner_of
 from chat.ollama import get_client
 from chat.requests import parse_json_body, parse_messages, parse_model, parse_options
 from chat.services import GenerationSession
@@ -52,19 +50,7 @@ def openai_error(exc: ApiError) -> JsonResponse:
 
 
 def openai_view(*methods: str) -> Callable[[Callable[..., Awaitable[HttpResponseBase]]], Any]:
-    def decorate(view: Callable[..., Awaitable[HttpResponseBase]]) -> Any:
-        @wraps(view)
-        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-            if request.method not in methods:
-                return openai_error(ApiError("Method not allowed.", code="method_not_allowed", status=405))
-            try:
-                return await view(request, *args, **kwargs)
-            except ApiError as exc:
-                return openai_error(exc)
-
-        return csrf_exempt(wrapper)
-
-    return decorate
+    return api_view(*methods, render=openai_error)
 
 
 def _text_messages(raw: Any) -> list[dict[str, Any]]:
