@@ -317,5 +317,7 @@ def test_a_client_that_never_reads_and_leaves_does_not_hold_the_generation(serve
             + body
         )
         wait_for(lambda: ollama.stats()["in_flight"] == 1, what="the generation to start")
-    wait_for(lambda: ollama.stats()["in_flight"] == 0, timeout=1, interval=0.01, what="upstream to close")
+    # The 1 s bound is asserted by the reading-client disconnect tests; this variant (a socket that
+    # never reads and resets) once took just over 1 s under CI load, so it gets 2 s (see the issue note).
+    wait_for(lambda: ollama.stats()["in_flight"] == 0, timeout=2, interval=0.01, what="upstream to close")
     wait_for(lambda: Job.objects.filter(status=Status.CANCELLED).count() == 1, timeout=5)
