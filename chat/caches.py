@@ -79,27 +79,21 @@ class CacheTotals:
 class SizedCache:
     """A Django cache alias bounded in bytes with least-recently-used eviction."""
 
-    def __init__(self, alias: str, *, hits: str, misses: str, evictions: str, sliding: bool) -> None:
+    def __init__(
+        self, alias: str, *, setting_prefix: str, hits: str, misses: str, evictions: str, sliding: bool
+    ) -> None:
         self.alias = alias
+        self.setting_prefix = setting_prefix  # reads <prefix>_MAX_SIZE_MB and <prefix>_TTL_SECONDS
         self.hits, self.misses, self.evictions = hits, misses, evictions
         self.sliding = sliding  # a read renews the TTL (conversations), or not (responses)
 
     @property
     def max_bytes(self) -> int:
-        mb = (
-            settings.RESPONSE_CACHE_MAX_SIZE_MB
-            if self.alias == RESPONSES
-            else settings.CONVERSATION_CACHE_MAX_SIZE_MB
-        )
-        return int(mb * 1024 * 1024)
+        return int(getattr(settings, f"{self.setting_prefix}_MAX_SIZE_MB") * 1024 * 1024)
 
     @property
     def ttl_seconds(self) -> int:
-        return (
-            settings.RESPONSE_CACHE_TTL_SECONDS
-            if self.alias == RESPONSES
-            else settings.CONVERSATION_CACHE_TTL_SECONDS
-        )
+        return int(getattr(settings, f"{self.setting_prefix}_TTL_SECONDS"))
 
     def get(self, key: str, *, count: bool = True) -> Any | None:
         """The stored value, or None (a miss, an expired entry or a failing backend)."""
@@ -209,6 +203,7 @@ class SizedCache:
 
 response_cache = SizedCache(
     RESPONSES,
+    setting_prefix="RESPONSE_CACHE",
     hits=counters.RESPONSE_HITS,
     misses=counters.RESPONSE_MISSES,
     evictions=counters.RESPONSE_EVICTIONS,
@@ -216,6 +211,7 @@ response_cache = SizedCache(
 )
 conversation_cache = SizedCache(
     CONVERSATIONS,
+    setting_prefix="CONVERSATION_CACHE",
     hits=counters.CONVERSATION_HITS,
     misses=counters.CONVERSATION_MISSES,
     evictions=counters.CONVERSATION_EVICTIONS,

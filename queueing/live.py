@@ -50,11 +50,11 @@ async def wake_workers() -> None:
         await get_channel_layer().send(settings.QUEUE_WORKER_CHANNEL, {"type": "queue.wake"})
 
 
-async def notify_jobs(job_ids: list[uuid.UUID], event: str = "job.update") -> None:
+async def notify_jobs(job_ids: list[uuid.UUID]) -> None:
     """Tell the listeners of these jobs to re-read their rows."""
     layer = get_channel_layer()
     for job_id in job_ids:
-        await layer.group_send(job_group(job_id), {"type": event})
+        await layer.group_send(job_group(job_id), {"type": "job.update"})
 
 
 async def notify_claimed(assigned: list[tuple[uuid.UUID, uuid.UUID, str]]) -> None:

@@ -84,11 +84,3 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} ({self.kind}, {self.status})"
-
-    @property
-    def last_user_message(self) -> str:
-        messages = self.payload.get("messages") or []
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role") == "user":
-                return str(message.get("content", ""))
-        return str(self.payload.get("prompt", ""))

@@ -80,22 +80,14 @@ def enqueue_request(
     now = timezone.now()
     with queue_lock():
         if idempotency_key:
-            existing = Job.objects.filter(owner=owner, idempotency_key=idempotency_key).first()
+            existing = find_by_idempotency_key(owner=owner, key=idempotency_key)
             if existing is not None:
                 return Enqueued(existing, created=False)
-        job = Job(
-            kind=kind,
-            endpoint=endpoint,
-            model=model,
-            payload=payload,
-            cache_key=cache_key,
-            priority=priority,
-            rank=time.time() - priority * settings.QUEUE_PRIORITY_AGING_SECONDS,
-            owner=owner,
-            use_cache=use_cache,
-            idempotency_key=idempotency_key or None,
-            caller_seen_at=now if kind == Kind.INTERACTIVE else None,
-        )
+        job = _new_job(
+            kind=kind, endpoint=endpoint, model=model, payload=payload, cache_key=cache_key,
+            priority=priority, owner=owner, idempotency_key=idempotency_key,
+            use_cache=use_cache, caller_seen_at=now if kind == Kind.INTERACTIVE else None,
+        )  # fmt: skip
         running = _running_generation(cache_key) if settings.BATCH_DEDUPLICATION else None
         if running is not None:
             # The identical generation is under way: share it (its listeners replay from the start).
@@ -145,26 +137,36 @@ def complete_from_cache(
 ) -> Job:
     """Record a request answered from the response cache as a completed row (for /api/chat-queue)."""
     now = timezone.now()
-    job = Job.objects.create(
-        kind=kind,
-        endpoint=endpoint,
-        model=model,
-        payload=payload,
-        cache_key=cache_key,
-        priority=priority,
-        rank=time.time(),
-        owner=owner,
-        idempotency_key=idempotency_key or None,
-        status=Status.COMPLETED,
-        started_at=now,
-        finished_at=now,
-        result_chunks=entry["chunks"],
-        result_content="".join(entry["chunks"]),
-        result_final=entry.get("final"),
-        done_reason=str((entry.get("final") or {}).get("done_reason", "stop")),
-        cached=True,
-    )
+    final = entry.get("final") or {}
+    job = _new_job(
+        kind=kind, endpoint=endpoint, model=model, payload=payload, cache_key=cache_key,
+        priority=priority, owner=owner, idempotency_key=idempotency_key,
+        status=Status.COMPLETED, started_at=now, finished_at=now, cached=True,
+        result_chunks=entry["chunks"], result_content="".join(entry["chunks"]), result_final=final,
+        done_reason=str(final.get("done_reason", "stop")),
+    )  # fmt: skip
+    job.save(force_insert=True)
     return job
+
+
+def _new_job(
+    *,
+    kind: str,
+    endpoint: str,
+    model: str,
+    payload: dict[str, Any],
+    cache_key: str,
+    priority: int,
+    owner: str,
+    idempotency_key: str | None,
+    **fields: Any,
+) -> Job:
+    """An unsaved row; its rank puts it after earlier requests of its priority (with ageing)."""
+    return Job(
+        kind=kind, endpoint=endpoint, model=model, payload=payload, cache_key=cache_key, priority=priority,
+        rank=time.time() - priority * settings.QUEUE_PRIORITY_AGING_SECONDS,
+        owner=owner, idempotency_key=idempotency_key or None, **fields,
+    )  # fmt: skip
 
 
 # --- the worker's side ---------------------------------------------------------------------------
@@ -478,17 +480,6 @@ def cancel_request(
         job.refresh_from_db()
     counters.incr(counters.CANCELLED)
     return Cancelled(job, stop_generation=stop, stop_worker=worker if stop else "")
-
-
-def cancel_requests(*, job_ids: list[Any]) -> list[Cancelled]:
-    """Cancel several (the admin action); finished ones are skipped."""
-    done = []
-    for job_id in job_ids:
-        try:
-            done.append(cancel_request(job_id=job_id, reason="cancelled by an administrator"))
-        except (Conflict, NotFound):
-            continue
-    return done
 
 
 # --- reading -------------------------------------------------------------------------------------

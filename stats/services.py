@@ -206,18 +206,15 @@ async def ollama_status() -> dict[str, Any]:
 
 async def collect_stats(*, include_ollama: bool = True) -> dict[str, Any]:
     """``GET /api/cache-stats``: the seed's shape, every figure measured and shared across processes."""
-    figures, ollama = await asyncio.gather(
-        run_blocking(collect_counters_and_caches),
-        ollama_status() if include_ollama else _none(),
-    )
+    figures = run_blocking(collect_counters_and_caches)
+    if include_ollama:
+        figures, ollama = await asyncio.gather(figures, ollama_status())
+    else:
+        figures, ollama = await figures, None
     body: dict[str, Any] = {"timestamp": timezone.now().isoformat().replace("+00:00", "Z"), **figures}
     if ollama is not None:
         body["ollama"] = ollama
     return body
-
-
-async def _none() -> None:
-    return None
 
 
 # --- actions -------------------------------------------------------------------------------------
