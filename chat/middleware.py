@@ -131,7 +131,7 @@ def ApiHeadersMiddleware(  # noqa: N802 - Django middleware factories are named 
 
 # --- API keys and rate limits ------------------------------------------------------------------------
 
-_PUBLIC = ("/health", "/admin/", "/static/")
+_PUBLIC = ("/health", "/api/schema", "/admin/", "/static/")
 
 
 def _needs_key(request: HttpRequest) -> bool:

@@ -240,7 +240,7 @@ async def show(request: HttpRequest) -> HttpResponseBase:
 
 
 @ollama_view("POST", "DELETE", "GET", "HEAD")
-async def model_management(request: HttpRequest) -> HttpResponseBase:
+async def model_management(request: HttpRequest, digest: str = "") -> HttpResponseBase:
     """pull, push, create, copy, delete, blobs: never forwarded by a shared gateway."""
     return JsonResponse(
         {"error": "model management is disabled on this gateway; ask the Ollama server's operator"},

@@ -62,7 +62,9 @@ def _text_messages(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(message, dict):
             raise BadRequest(f"messages[{i}] must be an object.", code="invalid_messages")
         role = "system" if message.get("role") == "developer" else message.get("role")
-        content = message.get("content") or ""
+        content = message.get("content")
+        if content is None:  # an assistant turn that only called tools
+            content = ""
         if isinstance(content, list):
             texts = []
             for part in content:
@@ -81,10 +83,14 @@ def _text_messages(raw: Any) -> list[dict[str, Any]]:
 
 
 def _ollama_options(body: dict[str, Any]) -> dict[str, Any] | None:
-    options = {OPTION_NAMES[k]: body[k] for k in OPTION_NAMES if body.get(k) is not None}
-    if isinstance(options.get("stop"), str):
-        options["stop"] = [options["stop"]]
-    return parse_options(options)
+    options: dict[str, Any] = {}
+    for name, option in OPTION_NAMES.items():
+        value = body.get(name)
+        if value is not None:  # each checked on its own: two names map to num_predict
+            options.update(
+                parse_options({option: [value] if name == "stop" and isinstance(value, str) else value})
+            )
+    return options or None
 
 
 def _format(body: dict[str, Any]) -> Any:
@@ -109,7 +115,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         raise BadRequest(f"Unsupported parameter {unknown[0]!r}.", code="unsupported_parameter")
     if body.get("n", 1) != 1:
         raise BadRequest("Only n=1 is supported.", code="unsupported_parameter")
-    model = parse_model(body.get("model") or settings.OLLAMA_MODEL)
+    model = parse_model(settings.OLLAMA_MODEL if body.get("model") in (None, "") else body["model"])
     messages = _text_messages(body.get("messages"))
     options, fmt = _ollama_options(body), _format(body)
     stream = body.get("stream", False)

@@ -199,6 +199,12 @@ def parse_messages(value: Any, *, allow_empty: bool = False) -> list[dict[str, A
                 f"{settings.LIMITS_MAX_MESSAGE_CHARS} are allowed.",
                 code="message_too_long",
             )
+        for name in ("thinking", "tool_name"):
+            if not isinstance(message.get(name, ""), str):
+                raise BadRequest(f"{where}.{name} must be a string.", code="invalid_messages")
+        tool_calls = message.get("tool_calls", [])
+        if not (isinstance(tool_calls, list) and all(isinstance(x, dict) for x in tool_calls)):
+            raise BadRequest(f"{where}.tool_calls must be a list of objects.", code="invalid_messages")
         images = message.get("images")
         if images is not None and not (isinstance(images, list) and all(isinstance(x, str) for x in images)):
             raise BadRequest(f"{where}.images must be a list of base64 strings.", code="invalid_messages")

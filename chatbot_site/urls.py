@@ -13,6 +13,7 @@ from django.urls import path
 from chat import ollama_api, openai_api
 from chat import views as chat_views
 from chat.errors import json_error
+from chatbot_site.openapi import schema_view
 from queueing import views as queue_views
 from stats import views as stats_views
 
@@ -25,6 +26,7 @@ def static(request: HttpRequest, path: str) -> Any:
 urlpatterns = [
     path("", chat_views.chat_page, name="chat-page"),
     path("health", stats_views.health, name="health"),
+    path("api/schema", schema_view, name="openapi-schema"),
     path("api/chat-optimized", chat_views.chat_optimized, name="chat-optimized"),
     path("api/conversations/<str:conversation_id>", chat_views.conversation, name="conversation"),
     path("api/chat-queue", queue_views.chat_queue, name="chat-queue"),
