@@ -10,7 +10,7 @@ SCALED_REDIS_URL ?= redis://127.0.0.1:6379/14
 SCALED_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
 
-.PHONY: run test browser-deps test-embedded test-scaled lint format migrate clean bench bench-scaled wrk
+.PHONY: run test browser-deps test-embedded test-scaled lint format migrate clean bench bench-scaled soak wrk
 
 $(VENV)/.runtime: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ bench: $(VENV)/.dev wrk
 
 bench-scaled: $(VENV)/.dev wrk
 	$(PY) -m bench.run --scaled --json artifacts/bench-scaled.json
+
+# Leak check (not part of `make test`): SOAK_ARGS="--streams 50 --minutes 10" by default.
+SOAK_ARGS ?= --streams 50 --minutes 10
+soak: $(VENV)/.dev
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,7 @@ counts against the same numbers)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -15,15 +16,23 @@ from django.http import HttpResponseBase
 from chat.errors import TooManyRequests, error_response
 from chatbot_site.runtime import run_blocking
 
+logger = logging.getLogger(__name__)
+
 
 def _count(key: str, delta: int, ttl: int) -> int:
+    """Add ``delta`` to a counter; 0 if the cache is down (limits fail open: the gateway keeps
+    answering while Redis is away, and says so in the log)."""
     cache = caches["default"]
-    cache.add(key, 0, ttl)
     try:
-        return cache.incr(key, delta)
-    except ValueError:  # expired between add and incr
-        cache.set(key, max(delta, 0), ttl)
-        return max(delta, 0)
+        cache.add(key, 0, ttl)
+        try:
+            return cache.incr(key, delta)
+        except ValueError:  # expired between add and incr
+            cache.set(key, max(delta, 0), ttl)
+            return max(delta, 0)
+    except Exception as exc:  # noqa: BLE001 - any backend failure means "not counted"
+        logger.warning("rate limit not counted, cache unavailable: %s: %s", type(exc).__name__, exc)
+        return 0
 
 
 async def check_rate(identity: str) -> HttpResponseBase | None:

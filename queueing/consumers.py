@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.consumer import AsyncConsumer, get_handler_name
-from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from channels.routing import get_default_application
 from channels.utils import await_many_dispatch
@@ -157,15 +156,13 @@ class Scheduler:
                     break
                 content = _content(generation.endpoint, chunk)
                 state.chunks.append(content)
-                await self.layer.group_send(
-                    group,
-                    {
-                        "type": "gen.chunk",
-                        "generation": gid,
-                        "seq": len(state.chunks) - 1,
-                        "content": content,
-                    },
-                )
+                message = {
+                    "type": "gen.chunk",
+                    "generation": gid,
+                    "seq": len(state.chunks) - 1,
+                    "content": content,
+                }
+                await live.quietly("publish", self.layer.group_send(group, message))
             jobs = await run_blocking(
                 services.finish_generation,
                 worker=self.name,
@@ -186,7 +183,9 @@ class Scheduler:
                         chunks=state.chunks,
                         final=final,
                     )
-            await self.layer.group_send(group, {"type": "gen.end", "generation": gid})
+            await live.quietly(
+                "publish", self.layer.group_send(group, {"type": "gen.end", "generation": gid})
+            )
         except ApiError as exc:
             await self._fail(state, exc)
         except asyncio.CancelledError:
@@ -212,9 +211,9 @@ class Scheduler:
             error=error,
             retryable=retryable,
         )
-        await self.layer.group_send(
-            live.generation_group(generation.generation_id),
-            {"type": "gen.end", "generation": generation.generation_id.hex, "error": error.code},
+        message = {"type": "gen.end", "generation": generation.generation_id.hex, "error": error.code}
+        await live.quietly(
+            "publish", self.layer.group_send(live.generation_group(generation.generation_id), message)
         )
 
     def cancel(self, generation_id: uuid.UUID) -> None:
@@ -229,8 +228,7 @@ class Scheduler:
             message["gone"] = True
         else:
             message["chunks"] = list(state.chunks)
-        with contextlib.suppress(ChannelFull):
-            await self.layer.send(reply_to, message)
+        await live.quietly("replay", self.layer.send(reply_to, message))
 
     async def shutdown(self) -> None:
         """Stop generating and hand this worker's jobs back to the queue at once."""
@@ -295,7 +293,7 @@ class SchedulerConsumer(AsyncConsumer):
 
 def _partial_receive(layer: Any, channel: str) -> Any:
     async def receive() -> dict[str, Any]:
-        return await layer.receive(channel)
+        return await live.receive(layer, channel)
 
     return receive
 
@@ -303,6 +301,16 @@ def _partial_receive(layer: Any, channel: str) -> Any:
 class SchedulerWorker(Worker):
     """channels' Worker, but the consumer starts at once (not on its first message) and is
     restarted if it dies, and SIGTERM hands its jobs back before the process exits."""
+
+    async def listener(self, channel: str) -> None:
+        """channels' listener, but waiting out a channel layer outage (the scheduler polls the
+        queue table meanwhile) instead of dying with it."""
+        while True:
+            message = await live.receive(self.channel_layer, channel)
+            if not message.get("type"):
+                raise ValueError("Worker received message with no type.")
+            queue = self.get_or_create_application_instance(channel, {"type": "channel", "channel": channel})
+            await queue.put(message)
 
     async def handle(self) -> None:
         prepare_process(asyncio.get_running_loop())

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from chat.errors import ApiError, error_from_code
 from chatbot_site.runtime import run_blocking
@@ -36,6 +38,61 @@ FIRST_POSITION_SECONDS = 0.25
 REPLAY_TIMEOUT_SECONDS = 2.0
 
 
+# --- a channel layer that may be down ----------------------------------------------------------------
+# Scaled out, the layer is Redis. When Redis is unreachable, messages are only a speed-up: workers
+# poll the queue table, and listeners re-read their rows every REFRESH_SECONDS (a finished row
+# carries every chunk). So layer failures are logged and skipped, never raised, and after one
+# failure the layer is left alone for LAYER_RETRY_SECONDS instead of being retried per token.
+
+LAYER_ERRORS = (RedisError, ConnectionError, TimeoutError, OSError)
+LAYER_RETRY_SECONDS = 1.0
+_layer_down_until = 0.0
+_layer_warned_at = 0.0
+
+
+def _layer_failed(what: str, exc: BaseException) -> None:
+    global _layer_down_until, _layer_warned_at
+    now = time.monotonic()
+    _layer_down_until = now + LAYER_RETRY_SECONDS
+    if now - _layer_warned_at >= 30:
+        _layer_warned_at = now
+        logger.warning(
+            "channel layer unavailable (%s: %s: %s); listeners poll the database until it is back",
+            what, type(exc).__name__, exc,
+        )  # fmt: skip
+
+
+def layer_available() -> bool:
+    return time.monotonic() >= _layer_down_until
+
+
+async def quietly(what: str, operation: Awaitable[Any]) -> bool:
+    """Run one layer operation; False (logged, not raised) if the layer is full or down."""
+    if not layer_available():
+        if inspect.iscoroutine(operation):
+            operation.close()
+        return False
+    try:
+        await operation
+        return True
+    except ChannelFull:
+        return False
+    except LAYER_ERRORS as exc:
+        _layer_failed(what, exc)
+        return False
+
+
+async def receive(layer: Any, channel: str) -> dict[str, Any]:
+    """``layer.receive`` that waits out an outage of the layer instead of failing."""
+    while True:
+        if layer_available():
+            try:
+                return await layer.receive(channel)
+            except LAYER_ERRORS as exc:
+                _layer_failed("receive", exc)
+        await asyncio.sleep(LAYER_RETRY_SECONDS)
+
+
 def job_group(job_id: uuid.UUID) -> str:
     return f"job.{job_id.hex}"
 
@@ -46,15 +103,14 @@ def generation_group(generation_id: uuid.UUID) -> str:
 
 async def wake_workers() -> None:
     """Nudge a worker to look at the queue now (workers poll anyway: this only saves latency)."""
-    with contextlib.suppress(ChannelFull):
-        await get_channel_layer().send(settings.QUEUE_WORKER_CHANNEL, {"type": "queue.wake"})
+    await quietly("wake", get_channel_layer().send(settings.QUEUE_WORKER_CHANNEL, {"type": "queue.wake"}))
 
 
 async def notify_jobs(job_ids: list[uuid.UUID]) -> None:
     """Tell the listeners of these jobs to re-read their rows."""
     layer = get_channel_layer()
     for job_id in job_ids:
-        await layer.group_send(job_group(job_id), {"type": "job.update"})
+        await quietly("notify", layer.group_send(job_group(job_id), {"type": "job.update"}))
 
 
 async def notify_claimed(assigned: list[tuple[uuid.UUID, uuid.UUID, str]]) -> None:
@@ -62,13 +118,14 @@ async def notify_claimed(assigned: list[tuple[uuid.UUID, uuid.UUID, str]]) -> No
     layer = get_channel_layer()
     for job_id, generation_id, worker in assigned:
         message = {"type": "job.claimed", "generation": generation_id.hex, "worker": worker}
-        await layer.group_send(job_group(job_id), message)
+        await quietly("notify", layer.group_send(job_group(job_id), message))
 
 
 async def stop_generation(*, worker: str, generation_id: uuid.UUID) -> None:
-    """Ask the worker running a generation to close its upstream request."""
-    with contextlib.suppress(ChannelFull):
-        await get_channel_layer().send(worker, {"type": "gen.cancel", "generation": generation_id.hex})
+    """Ask the worker running a generation to close its upstream request (if the layer is down,
+    the worker's next lease renewal finds no live job and stops it)."""
+    message = {"type": "gen.cancel", "generation": generation_id.hex}
+    await quietly("cancel", get_channel_layer().send(worker, message))
 
 
 @dataclass
@@ -98,16 +155,17 @@ class _Inbox:
 
     async def _pump(self) -> None:
         while True:
-            self.queue.put_nowait(await self.layer.receive(self.channel))
+            self.queue.put_nowait(await receive(self.layer, self.channel))
 
     async def join(self, group: str) -> None:
-        await self.layer.group_add(group, self.channel)
+        """Join a group; if the layer is down the follower still progresses by re-reading its row."""
         self.groups.append(group)
+        await quietly("join", self.layer.group_add(group, self.channel))
 
     async def leave(self, group: str) -> None:
         if group in self.groups:
             self.groups.remove(group)
-            await self.layer.group_discard(group, self.channel)
+            await quietly("leave", self.layer.group_discard(group, self.channel))
 
     async def get(self, timeout: float) -> dict[str, Any] | None:
         try:
@@ -262,8 +320,5 @@ async def _ask_replay(inbox: _Inbox, job: Job, generation: uuid.UUID) -> None:
     """Ask the generating worker for the chunks produced so far (answered as gen.snapshot)."""
     if not job.lease_owner:
         return
-    with contextlib.suppress(ChannelFull):
-        await inbox.layer.send(
-            job.lease_owner,
-            {"type": "gen.replay", "generation": generation.hex, "reply_to": inbox.channel},
-        )
+    message = {"type": "gen.replay", "generation": generation.hex, "reply_to": inbox.channel}
+    await quietly("replay", inbox.layer.send(job.lease_owner, message))

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
@@ -47,6 +47,12 @@ GENERATION_TIME = Histogram(
     "chatbot_upstream_generation_seconds",
     "Whole upstream generations that completed",
     buckets=_LATENCY_BUCKETS,
+)
+
+EVENT_LOOP_TASKS = Gauge(
+    "chatbot_event_loop_tasks",
+    "asyncio tasks alive in the serving process's event loop, counted at scrape time",
+    multiprocess_mode="livesum",
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
@@ -39,4 +40,5 @@ async def cache_stats(request: HttpRequest) -> HttpResponseBase:
 @api_view("GET")
 async def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     """``GET /metrics`` in Prometheus' text format."""
+    metrics.EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
     return HttpResponse(await run_blocking(metrics.render), content_type=CONTENT_TYPE_LATEST)

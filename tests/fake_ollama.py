@@ -75,6 +75,7 @@ class Settings:
     max_queue: int = 512  # generations waiting beyond this get 503 busy (as OLLAMA_MAX_QUEUE)
     fault: str | None = None
     fault_after: int = 1  # tokens sent before a mid-stream fault
+    fault_times: int = 0  # a busy/http500 fault clears itself after this many requests (0: never)
 
 
 def _now_rfc3339() -> str:
@@ -162,6 +163,7 @@ class FakeOllama:
             self.waiting = 0
             self.completed = 0
             self.aborted = 0  # generations whose client went away before the end
+            self.faults_served = 0  # busy/http500 answers given
             self.loaded: dict[str, float] = {}  # model -> expiry (monotonic), -1 = forever
         self.settings = Settings(**self._initial)
 
@@ -197,6 +199,7 @@ class FakeOllama:
                 "completed": self.completed,
                 "aborted": self.aborted,
                 "connections_open": self.connections_open,
+                "faults_served": self.faults_served,
                 "requests": len(self.requests),
                 "loaded": sorted(self.loaded),
             }
@@ -341,6 +344,7 @@ class FakeOllama:
             await self._release_hang.wait()
             return False
         if fault == "http500" and path.startswith("/api/"):
+            self._spend_fault()
             await _send_json(writer, 500, {"error": "llama runner process has terminated"})
             return True
         if not isinstance(body, dict):
@@ -353,6 +357,14 @@ class FakeOllama:
             return True
 
     # --- endpoints -----------------------------------------------------------------------------
+
+    def _spend_fault(self) -> None:
+        with self._lock:
+            self.faults_served += 1
+            if self.settings.fault_times > 0:
+                self.settings.fault_times -= 1
+                if self.settings.fault_times == 0:
+                    self.settings.fault = None
 
     def _model(self, body: dict[str, Any]) -> ModelInfo:
         name = body.get("model") or body.get("name")
@@ -400,6 +412,7 @@ class FakeOllama:
         signature = request_signature(path, body)
         cfg = self.settings
         if cfg.fault == "busy":
+            self._spend_fault()
             raise HttpError(503, BUSY_MESSAGE)
         with self._lock:
             if self.waiting >= cfg.max_queue:

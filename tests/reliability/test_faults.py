@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import concurrent.futures
+import time
 
 import httpx
 
 from queueing.models import Job, Status
 from stats import counters
-from tests.helpers import messages, wait_for
+from tests.helpers import messages, submit, wait_for, wait_status
 
 NO_WORKER = {"QUEUE_EMBEDDED_WORKER": "false"}
+FINISHED = ("completed", "failed", "cancelled")
 
 
 def test_fifty_concurrent_submits_against_a_queue_of_twenty(start_server, ollama):
@@ -51,26 +53,65 @@ def test_restart_with_a_hundred_queued_completes_each_once(start_server, ollama)
     )
 
 
-def test_ollama_faults_leave_no_open_upstream_connections(start_server, ollama):
-    server = start_server(OLLAMA_IDLE_TIMEOUT_SECONDS=0.5, OLLAMA_FIRST_TOKEN_TIMEOUT_SECONDS=0.5)
-    codes = {}
+FAULTS = {
+    "refuse": (502, "ollama_unavailable"),
+    "hang": (504, "ollama_timeout"),
+    "http500": (502, "ollama_error"),
+    "busy": (503, "ollama_busy"),
+    "stall": (504, "ollama_timeout"),
+    "malformed": (502, "ollama_bad_response"),
+    "error_line": (502, "ollama_error"),
+    "cut": (502, "ollama_bad_response"),
+}
+
+
+def test_ollama_faults_map_to_errors_in_time_and_leave_no_open_upstream_connections(start_server, ollama):
+    timeout = 0.5
+    server = start_server(OLLAMA_IDLE_TIMEOUT_SECONDS=timeout, OLLAMA_FIRST_TOKEN_TIMEOUT_SECONDS=timeout)
+    open_after_round, slowest = [], 0.0
     with server.client() as client:
-        for fault in ("refuse", "hang", "http500", "busy", "stall", "malformed", "error_line", "cut"):
-            ollama.configure(fault=fault, fault_after=2)
-            r = client.post("/api/chat-optimized", json={"messages": messages(f"fault {fault}")})
-            codes[fault] = (r.status_code, r.json()["code"])
-            ollama.configure(fault=None)
-    wait_for(lambda: ollama.stats()["in_flight"] == 0, timeout=3)
-    assert codes == {
-        "refuse": (502, "ollama_unavailable"),
-        "hang": (504, "ollama_timeout"),
-        "http500": (502, "ollama_error"),
-        "busy": (503, "ollama_busy"),
-        "stall": (504, "ollama_timeout"),
-        "malformed": (502, "ollama_bad_response"),
-        "error_line": (502, "ollama_error"),
-        "cut": (502, "ollama_bad_response"),
-    }, codes
-    assert Job.objects.filter(status=Status.FAILED).count() == 8
+        for round_ in range(3):
+            codes = {}
+            for fault in FAULTS:
+                ollama.configure(fault=fault, fault_after=2)
+                started = time.monotonic()
+                r = client.post("/api/chat-optimized", json={"messages": messages(f"fault {fault} {round_}")})
+                slowest = max(slowest, time.monotonic() - started)
+                codes[fault] = (r.status_code, r.json()["code"])
+                ollama.configure(fault=None)
+            assert codes == FAULTS, codes
+            wait_for(lambda: ollama.stats()["in_flight"] == 0, timeout=3)
+            # Connections the gateway still holds: its keep-alive pool, not one per fault.
+            open_after_round.append(ollama.stats()["connections_open"])
+    figures = (
+        f"slowest error {slowest:.2f} s (timeouts {timeout} s); "
+        f"connections open after each round {open_after_round}"
+    )
+    assert slowest < timeout + 1.5, figures
+    assert open_after_round[-1] <= open_after_round[0] and max(open_after_round) <= 4, figures
+    assert Job.objects.filter(status=Status.FAILED).count() == 3 * len(FAULTS), figures
     with server.client() as client:
         assert client.get("/api/cache-stats").json()["response_cache"]["total_entries"] == 0
+
+
+def test_queued_requests_are_retried_after_upstream_faults_or_failed_with_the_reason(start_server, ollama):
+    server = start_server(QUEUE_MAX_ATTEMPTS=3)
+    with server.client() as client:
+        ollama.configure(fault="busy", fault_times=2)
+        recovered = submit(client, "answered on the third attempt")["request_id"]
+        done = wait_status(client, recovered, FINISHED)
+        ollama.configure(fault="busy")  # until cleared
+        doomed = submit(client, "never answered")["request_id"]
+        failed = wait_status(client, doomed, FINISHED)
+        ollama.configure(fault=None)
+    attempts = {str(job.id): job.attempts for job in Job.objects.all()}
+    figures = (
+        f"recovered: {done['status']} after {attempts[recovered]} attempts; doomed: {failed['status']} "
+        f"after {attempts[doomed]} attempts, {failed.get('error')}; "
+        f"busy answers {ollama.stats()['faults_served']}"
+    )
+    assert (done["status"], attempts[recovered]) == ("completed", 3), figures
+    assert (failed["status"], attempts[doomed], failed["error"]["code"]) == ("failed", 3, "ollama_busy"), (
+        figures
+    )
+    assert "busy" in failed["error"]["error"], figures
