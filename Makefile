@@ -10,7 +10,7 @@ SCALED_REDIS_URL ?= redis://127.0.0.1:6379/14
 SCALED_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 PYTEST_ARGS ?=
 
-.PHONY: run test browser-deps test-embedded test-scaled lint format migrate clean bench bench-scaled soak wrk
+.PHONY: run test browser-deps test-embedded test-scaled lint format migrate clean bench bench-scaled soak audit wrk
 
 $(VENV)/.runtime: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,13 @@ bench-scaled: $(VENV)/.dev wrk
 SOAK_ARGS ?= --streams 50 --minutes 10
 soak: $(VENV)/.dev
 	$(PY) -m bench.soak $(SOAK_ARGS)
+
+# Security checks (not part of `make test`): bandit on our code, pip-audit on the pinned runtime
+# dependencies (--strict: a dependency it could not look up is a failure, not a silent pass).
+audit: $(VENV)/.dev
+	$(PIP) install --quiet --disable-pip-version-check bandit==1.9.4 pip-audit==2.10.1
+	$(VENV)/bin/bandit -q -r chat queueing stats chatbot_site
+	$(VENV)/bin/pip-audit --strict -r requirements.txt
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
