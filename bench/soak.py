@@ -176,7 +176,9 @@ def main() -> int:
             f"(50 ms first token, 10 ms/token, 64 tokens); server pid {server.pid}; logs in {workdir}"
         )
         result = asyncio.run(soak(args, base, server.pid))
-        result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        result["machine"] = (
+            f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        )
     finally:
         procs.stop()
     verdict = "met" if result["rss_slope_mb_per_min"] < SLOPE_TARGET_MB_PER_MIN else "NOT MET"
