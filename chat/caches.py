@@ -18,6 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
+from django.db import connection
 from django.db.models import Count, Sum
 
 from chat.models import CacheEntry
@@ -76,6 +77,20 @@ class CacheTotals:
     size_bytes: int
 
 
+# How often a process checks the byte limit after storing (between checks the cache may exceed it
+# by what one process stores in a second).
+EVICT_CHECK_SECONDS = 1.0
+
+
+# Insert or refresh an index row in one statement (SQLite and PostgreSQL both have ON CONFLICT).
+_INDEX_UPSERT = (
+    f'INSERT INTO "{CacheEntry._meta.db_table}" ("alias", "key", "size_bytes", "last_used", "expires_at") '  # noqa: S608 - the model's table; values are parameters
+    'VALUES (%s, %s, %s, %s, %s) ON CONFLICT ("alias", "key") DO UPDATE SET '
+    '"size_bytes" = excluded."size_bytes", "last_used" = excluded."last_used", '
+    '"expires_at" = excluded."expires_at"'
+)
+
+
 class SizedCache:
     """A Django cache alias bounded in bytes with least-recently-used eviction."""
 
@@ -86,6 +101,7 @@ class SizedCache:
         self.setting_prefix = setting_prefix  # reads <prefix>_MAX_SIZE_MB and <prefix>_TTL_SECONDS
         self.hits, self.misses, self.evictions = hits, misses, evictions
         self.sliding = sliding  # a read renews the TTL (conversations), or not (responses)
+        self._evicted_at = 0.0  # when this process last checked the byte limit
 
     @property
     def max_bytes(self) -> int:
@@ -138,8 +154,12 @@ class SizedCache:
         except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
             logger.warning("%s cache unavailable, not stored: %s", self.alias, exc)
             return False
-        self._index(key, size, time.time())
-        self.evict()
+        now = time.time()
+        self._index(key, size, now)
+        # The byte total is a scan of the index: once a second per process is enough.
+        if not self._evicted_at <= now < self._evicted_at + EVICT_CHECK_SECONDS:
+            self._evicted_at = now
+            self.evict()
         return True
 
     def delete(self, key: str) -> bool:
@@ -151,11 +171,9 @@ class SizedCache:
         return existed
 
     def _index(self, key: str, size: int, now: float) -> None:
-        CacheEntry.objects.update_or_create(
-            alias=self.alias,
-            key=key,
-            defaults={"size_bytes": size, "last_used": now, "expires_at": now + self.ttl_seconds},
-        )
+        """Insert or refresh the key's index row, in one statement."""
+        with connection.cursor() as cursor:
+            cursor.execute(_INDEX_UPSERT, [self.alias, key, size, now, now + self.ttl_seconds])
 
     def evict(self) -> int:
         """Drop expired index rows, then least recently used entries until within the limit."""

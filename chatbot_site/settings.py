@@ -178,13 +178,13 @@ else:
         # Database caches on the SQLite file (or PostgreSQL): every process on the machine sees
         # them, so `manage.py clear_cache` acts on what the running server cached.
         "responses": {
-            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "BACKEND": "chat.cache_backends.UpsertDatabaseCache",
             "LOCATION": "cache_responses",
             "TIMEOUT": None,
             "OPTIONS": _UNBOUNDED,
         },
         "conversations": {
-            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "BACKEND": "chat.cache_backends.UpsertDatabaseCache",
             "LOCATION": "cache_conversations",
             "TIMEOUT": None,
             "OPTIONS": _UNBOUNDED,
@@ -192,7 +192,7 @@ else:
     }
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "BACKEND": "chatbot_site.layers.LocalChannelLayer",  # channels' in-memory layer, leaner
             # The default capacity (100) silently drops group messages from a slow listener.
             "CONFIG": {"capacity": 10_000, "expiry": 60},
         }

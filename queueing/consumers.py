@@ -123,6 +123,8 @@ class Scheduler:
                 self.running[generation.generation_id] = state
                 state.task = asyncio.ensure_future(self._generate(state))
             await live.notify_claimed(claim.assigned)
+            if not claim.more:
+                return
 
     async def _renew_forever(self) -> None:
         while True:

@@ -168,6 +168,8 @@ class _Inbox:
             await quietly("leave", self.layer.group_discard(group, self.channel))
 
     async def get(self, timeout: float) -> dict[str, Any] | None:
+        if not self.queue.empty():  # the common case while tokens flow: no timer, no task
+            return self.queue.get_nowait()
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
         except TimeoutError:

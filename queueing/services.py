@@ -189,6 +189,7 @@ class Claim:
     deferred: bool = False  # a fuller batch is worth waiting for (batch_timeout_ms)
     # Every job taken, joins included: (job, its generation, the worker running that generation).
     assigned: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
+    more: bool = False  # another claim now could take more (a full batch taken, slots left)
 
     @property
     def jobs(self) -> int:
@@ -218,7 +219,6 @@ def claim_batch(*, worker: str, allow_partial: bool = True) -> Claim:
     now = timezone.now()
     dedup = settings.BATCH_DEDUPLICATION
     with queue_lock():
-        _drop_abandoned(now)
         running = running_generations()
         free = settings.QUEUE_MAX_CONCURRENT - running
         if free <= 0:
@@ -235,7 +235,7 @@ def claim_batch(*, worker: str, allow_partial: bool = True) -> Claim:
             return Claim([], deferred=True)
 
         running_by_key: dict[str, Job] = {}
-        if dedup:
+        if dedup and running:
             keys = {job.cache_key for job in candidates}
             for job in Job.objects.filter(status=Status.PROCESSING, cache_key__in=keys).exclude(
                 generation_id=None
@@ -252,8 +252,9 @@ def claim_batch(*, worker: str, allow_partial: bool = True) -> Claim:
                 fresh[key].job_ids.append(job.id)
             elif len(fresh) < free:
                 fresh[key] = Generation(uuid.uuid4(), job.endpoint, job.payload, job.cache_key, [job.id])
-        if dedup and fresh:
+        if dedup and fresh and len(candidates) == batch_size:
             # Identical pending jobs beyond the batch share the generation too: they cost nothing.
+            # (With fewer candidates than the batch size, every pending job was already a candidate.)
             extra = (
                 Job.objects.select_for_update(skip_locked=True)
                 .filter(status=Status.PENDING, cache_key__in=list(fresh))
@@ -279,7 +280,8 @@ def claim_batch(*, worker: str, allow_partial: bool = True) -> Claim:
                 counters.DEDUPLICATED: len(assigned) - len(fresh),
             }
         )
-    return Claim(list(fresh.values()), assigned=assigned)
+    more = len(candidates) == batch_size and len(fresh) < free
+    return Claim(list(fresh.values()), assigned=assigned, more=more)
 
 
 def _start(
@@ -387,9 +389,11 @@ def _back_to_pending() -> dict[str, Any]:
 
 
 def expire_leases() -> dict[str, int]:
-    """Recover jobs whose worker died: re-queue them, or fail / cancel them with the reason."""
+    """Recover jobs whose worker died: re-queue them, or fail / cancel them with the reason; and
+    cancel pending interactive jobs whose caller stopped waiting. Workers run it every poll."""
     now = timezone.now()
     with queue_lock():
+        _drop_abandoned(now)
         lapsed = Job.objects.filter(status=Status.PROCESSING, lease_expires_at__lt=now)
         if not lapsed.exists():
             return {}

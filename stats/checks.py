@@ -13,7 +13,7 @@ def check_worker_reachable(app_configs: Any = None, **kwargs: Any) -> list[Warni
     """Warn when the queue worker is meant to run in other processes but cannot hear them."""
     layer = settings.CHANNEL_LAYERS["default"]["BACKEND"]
     problems = []
-    if layer.endswith("InMemoryChannelLayer") and not settings.QUEUE_EMBEDDED_WORKER:
+    if layer.endswith(("InMemoryChannelLayer", "LocalChannelLayer")) and not settings.QUEUE_EMBEDDED_WORKER:
         problems.append(
             Warning(
                 "The queue worker is off in this process and the channel layer is in-memory.",
@@ -23,7 +23,7 @@ def check_worker_reachable(app_configs: Any = None, **kwargs: Any) -> list[Warni
             )
         )
     engine = settings.DATABASES["default"]["ENGINE"]
-    if settings.REDIS_URL and engine.endswith("sqlite3"):
+    if settings.REDIS_URL and "sqlite" in engine:
         problems.append(
             Warning(
                 "REDIS_URL is set but the database is SQLite.",

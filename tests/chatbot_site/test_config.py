@@ -116,3 +116,25 @@ def test_check_deploy_with_production_settings_has_no_errors(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ERROR" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "warnings"),
+    [
+        ({"HOST": "127.0.0.1", "QUEUE_EMBEDDED_WORKER": "false"}, {"chatbot.W001"}),
+        ({"HOST": "127.0.0.1", "REDIS_URL": "redis://127.0.0.1:1/0"}, {"chatbot.W002"}),
+        ({"HOST": "0.0.0.0", "DEBUG": "false", "SECRET_KEY": "k" * 50}, {"chatbot.W003"}),
+        ({"HOST": "127.0.0.1"}, set()),
+    ],
+)
+def test_system_checks_warn_about_unsafe_combinations(tmp_path, env, warnings):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp", "SQLITE_PATH": str(tmp_path / "db.sqlite3"), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    found = set(re.findall(r"chatbot\.W\d{3}", result.stdout + result.stderr))
+    assert found == warnings, result.stdout + result.stderr
