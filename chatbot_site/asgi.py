@@ -7,16 +7,19 @@ import os
 import sys
 from typing import Any
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatbot_site.settings")
-django_app = get_asgi_application()
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application
 
 # These need Django set up first.
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from chatbot_site.handler import ApiASGIHandler  # noqa: E402
 from chatbot_site.runtime import start_process, stop_process  # noqa: E402
+
+django_app = ApiASGIHandler()
 from queueing.consumers import SchedulerConsumer  # noqa: E402
 
 

@@ -131,7 +131,7 @@ class ServerConfig:
     port: int = setting(8080, "PORT", between(1, 65535))
     # Size of each process's thread pool for blocking work (database and cache calls made by the
     # scheduler and services). It also bounds the database connections a process opens.
-    workers: int = setting(4, "SERVER_WORKERS", between(1, 64))
+    workers: int = setting(0, "SERVER_WORKERS", between(0, 64))  # 0: 1 on SQLite, 4 on PostgreSQL
     # A ": ping" comment after this much silence on an SSE stream keeps proxies from closing it.
     sse_heartbeat_seconds: float = setting(15.0, "SSE_HEARTBEAT_SECONDS", between(0.1, 300))
 
