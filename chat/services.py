@@ -55,53 +55,62 @@ def chat_cache_key(req: ChatRequest, messages: list[dict[str, Any]], owner: str)
     )
 
 
-async def cached_answer(key: str, *, use_cache: bool) -> dict[str, Any] | None:
+def cached_entry(key: str, *, use_cache: bool) -> dict[str, Any] | None:
     """The cached entry for ``key`` (counted as a hit or miss), or None when bypassed or missing."""
     if not (use_cache and settings.RESPONSE_CACHE_ENABLED):
         return None
-    return await run_blocking(response_cache.get, key)
+    return response_cache.get(key)
+
+
+def _answer_or_enqueue(key: str, *, use_cache: bool, **job: Any) -> dict[str, Any] | queue.Enqueued:
+    """The cached entry, or the request enqueued: one trip to the blocking pool for both."""
+    entry = cached_entry(key, use_cache=use_cache)
+    if entry is not None:
+        return entry
+    return queue.enqueue_request(cache_key=key, use_cache=use_cache, **job)
 
 
 # --- /api/chat-queue -----------------------------------------------------------------------------
 
 
-async def submit_queued(req: ChatRequest, *, owner: str = "", idempotency_key: str | None = None) -> Job:
-    """``POST /api/chat-queue``: answer from the cache at once, or put the request in the queue."""
-    if idempotency_key:
-        existing = await run_blocking(queue.find_by_idempotency_key, owner=owner, key=idempotency_key)
-        if existing is not None:
-            return existing
-    counters.incr(counters.CHAT_REQUESTS)
-    payload = req.ollama_payload()
+async def submit_queued(
+    req: ChatRequest, *, owner: str = "", idempotency_key: str | None = None
+) -> tuple[Job, dict[str, Any]]:
+    """``POST /api/chat-queue``: answer from the cache at once, or put the request in the queue.
+    Returns the request and its status block (one trip to the blocking pool for all of it)."""
     key = chat_cache_key(req, req.messages, owner)
-    entry = await cached_answer(key, use_cache=req.use_cache)
+    enqueued, status = await run_blocking(
+        _submit_blocking, req, key=key, owner=owner, idempotency_key=idempotency_key
+    )
+    if enqueued.created and not enqueued.joined and not enqueued.job.cached:
+        await live.wake_workers()
+    return enqueued.job, status
+
+
+def _submit_blocking(
+    req: ChatRequest, *, key: str, owner: str, idempotency_key: str | None
+) -> tuple[queue.Enqueued, dict[str, Any]]:
+    if idempotency_key:
+        existing = queue.find_by_idempotency_key(owner=owner, key=idempotency_key)
+        if existing is not None:
+            return queue.Enqueued(existing, created=False), queue.queue_status(existing)
+    counters.incr(counters.CHAT_REQUESTS)
     common = {
         "kind": Kind.QUEUED,
         "endpoint": "chat",
         "model": req.model,
-        "payload": payload,
+        "payload": req.ollama_payload(),
         "cache_key": key,
+        "priority": req.priority,
+        "owner": owner,
+        "idempotency_key": idempotency_key,
     }
+    entry = cached_entry(key, use_cache=req.use_cache)
     if entry is not None:
-        return await run_blocking(
-            queue.complete_from_cache,
-            **common,
-            owner=owner,
-            priority=req.priority,
-            entry=entry,
-            idempotency_key=idempotency_key,
-        )
-    enqueued = await run_blocking(
-        queue.enqueue_request,
-        **common,
-        priority=req.priority,
-        owner=owner,
-        use_cache=req.use_cache,
-        idempotency_key=idempotency_key,
-    )
-    if enqueued.created and not enqueued.joined:
-        await live.wake_workers()
-    return enqueued.job
+        enqueued = queue.Enqueued(queue.complete_from_cache(**common, entry=entry), created=True)
+    else:
+        enqueued = queue.enqueue_request(**common, use_cache=req.use_cache)
+    return enqueued, queue.queue_status(enqueued.job)
 
 
 async def cancel(job_id: uuid.UUID, *, owner: str | None, reason: str = "cancelled") -> Job:
@@ -278,22 +287,22 @@ class GenerationSession:
     async def start(self) -> None:
         """Look in the cache, or enqueue the generation."""
         counters.incr(counters.CHAT_REQUESTS)
-        entry = await cached_answer(self.cache_key, use_cache=self.use_cache)
-        if entry is not None:
-            self.cached = True
-            self._pump = _Pump(_replay(entry))
-            return
-        enqueued = await run_blocking(
-            queue.enqueue_request,
+        found = await run_blocking(
+            _answer_or_enqueue,
+            self.cache_key,
+            use_cache=self.use_cache,
             kind=Kind.INTERACTIVE,
             endpoint=self.endpoint,
             model=self.model,
             payload=self.payload,
-            cache_key=self.cache_key,
             priority=self.priority,
             owner=self.owner,
-            use_cache=self.use_cache,
         )
+        if not isinstance(found, queue.Enqueued):
+            self.cached = True
+            self._pump = _Pump(_replay(found))
+            return
+        enqueued = found
         self.job_id = enqueued.job.id
         if not enqueued.joined:
             await live.wake_workers()

@@ -118,6 +118,7 @@ def enqueue_request(
 def _running_generation(cache_key: str) -> Job | None:
     return (
         Job.objects.filter(cache_key=cache_key, status=Status.PROCESSING, generation_id__isnull=False)
+        .only("generation_id", "lease_owner", "lease_expires_at")
         .order_by("started_at")
         .first()
     )
@@ -227,6 +228,7 @@ def claim_batch(*, worker: str, allow_partial: bool = True) -> Claim:
         candidates = list(
             Job.objects.select_for_update(skip_locked=True)
             .filter(status=Status.PENDING)
+            .only("id", "endpoint", "payload", "cache_key")
             .order_by("rank")[:batch_size]
         )
         if not candidates:
@@ -237,9 +239,10 @@ def claim_batch(*, worker: str, allow_partial: bool = True) -> Claim:
         running_by_key: dict[str, Job] = {}
         if dedup and running:
             keys = {job.cache_key for job in candidates}
-            for job in Job.objects.filter(status=Status.PROCESSING, cache_key__in=keys).exclude(
+            running_rows = Job.objects.filter(status=Status.PROCESSING, cache_key__in=keys).exclude(
                 generation_id=None
-            ):
+            )
+            for job in running_rows.only("cache_key", "generation_id", "lease_owner", "lease_expires_at"):
                 running_by_key.setdefault(job.cache_key, job)
 
         fresh: dict[str, Generation] = {}  # new generations by cache key (or job id without dedup)
@@ -338,7 +341,9 @@ def finish_generation(
     now = timezone.now()
     with queue_lock():
         jobs = list(
-            Job.objects.filter(generation_id=generation_id, status=Status.PROCESSING, lease_owner=worker)
+            Job.objects.filter(
+                generation_id=generation_id, status=Status.PROCESSING, lease_owner=worker
+            ).only("id", "use_cache")
         )
         Job.objects.filter(id__in=[j.id for j in jobs], status=Status.PROCESSING).update(
             status=Status.COMPLETED,

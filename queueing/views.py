@@ -39,8 +39,7 @@ async def chat_queue(request: HttpRequest) -> HttpResponseBase:
         idempotency_key = request.headers.get("Idempotency-Key") or None
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
             raise BadRequest("Idempotency-Key must be 1 to 200 characters.", code="invalid_idempotency_key")
-        job = await chat.submit_queued(req, owner=owner, idempotency_key=idempotency_key)
-        status = await run_blocking(services.queue_status, job)
+        job, status = await chat.submit_queued(req, owner=owner, idempotency_key=idempotency_key)
         return JsonResponse({"request_id": str(job.id), "status": status}, status=202)
 
     request_id = request.GET.get("requestId")
