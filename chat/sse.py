@@ -43,30 +43,50 @@ def error_frame(error: str, code: str) -> bytes:
 async def with_heartbeat(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
     """Pass frames through, adding a ping comment whenever ``interval`` passes without one.
 
-    The pending ``anext`` is kept across pings (never cancelled by a timeout), so the source is
-    only ever interrupted when the client goes away; then it is cancelled, which runs its
-    ``finally`` (cancelling the upstream generation).
+    One task reads ``frames`` into a queue; each write takes every frame already waiting, so under
+    load several tokens leave in one write (no delay is added: a lone frame goes at once). The
+    source is only ever interrupted when the client goes away; then it is cancelled, which runs
+    its ``finally`` (cancelling the upstream generation).
     """
-    pending: asyncio.Future[bytes] | None = None
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async for chunk in frames:
+                queue.put_nowait(chunk)
+        except Exception as exc:  # noqa: BLE001 - handed to the writer, which re-raises it
+            queue.put_nowait(exc)
+        queue.put_nowait(None)
+
+    reader = asyncio.ensure_future(pump())
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(frames))
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield PING
-                continue
-            try:
-                chunk = pending.result()
-            except StopAsyncIteration:
-                pending = None
-                return
-            pending = None
-            yield chunk
+            if queue.empty():
+                try:
+                    async with asyncio.timeout(interval):
+                        item = await queue.get()
+                except TimeoutError:
+                    yield PING
+                    continue
+            else:
+                item = queue.get_nowait()
+            batch: list[bytes] = []
+            while True:
+                if item is None or isinstance(item, BaseException):
+                    if batch:
+                        yield b"".join(batch)
+                    if item is None:
+                        return
+                    raise item
+                batch.append(item)
+                if queue.empty():
+                    break
+                item = queue.get_nowait()
+            yield b"".join(batch)
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
+        if not reader.done():
+            reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
 
 def sse_response(

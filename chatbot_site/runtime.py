@@ -8,13 +8,14 @@ again on its first event (for servers without that hook). It runs once per proce
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 
@@ -99,5 +100,25 @@ def _with_fresh_connection(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 async def run_blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Run ``fn`` on the process's blocking-work pool (``[server] workers`` threads)."""
-    return await sync_to_async(_with_fresh_connection(fn), thread_sensitive=False)(*args, **kwargs)
+    """Run ``fn`` on the process's blocking-work pool (``[server] workers`` threads), in a copy of
+    the caller's context (request ids reach the log lines it writes).
+
+    Plain ``run_in_executor``: asgiref's ``sync_to_async`` did the same with more bookkeeping per
+    call, and there are several calls per request.
+    """
+    call = functools.partial(_with_fresh_connection(fn), *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, call)
+
+
+async def run_scheduler_blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``run_blocking`` on the queue worker's own thread: claims and results never wait behind
+    the requests' own database calls in the shared pool."""
+    loop = asyncio.get_running_loop()
+    executor = _scheduler_executors.get(id(loop))
+    if executor is None:
+        executor = _scheduler_executors[id(loop)] = ThreadPoolExecutor(1, thread_name_prefix="scheduler")
+    call = functools.partial(_with_fresh_connection(fn), *args, **kwargs)
+    return await loop.run_in_executor(executor, contextvars.copy_context().run, call)
+
+
+_scheduler_executors: dict[int, ThreadPoolExecutor] = {}

@@ -29,7 +29,7 @@ from django.conf import settings
 from chat.caches import store_response
 from chat.errors import ApiError, OllamaError
 from chat.ollama import get_client
-from chatbot_site.runtime import prepare_process, run_blocking
+from chatbot_site.runtime import prepare_process, run_scheduler_blocking
 from queueing import live, services
 from stats import counters, metrics
 
@@ -96,7 +96,7 @@ class Scheduler:
         now = time.monotonic()
         if now - self._last_expiry_check >= settings.QUEUE_POLL_INTERVAL_MS / 1000:
             self._last_expiry_check = now
-            recovered = await run_blocking(services.expire_leases)
+            recovered = await run_scheduler_blocking(services.expire_leases)
             if recovered.get("requeued"):
                 self.wake()
         while True:
@@ -107,7 +107,7 @@ class Scheduler:
             # A claim commits in a pool thread even if this task is cancelled meanwhile; shutdown
             # waits for it, so whatever it claimed is released with the rest.
             self._claiming = asyncio.ensure_future(
-                run_blocking(services.claim_batch, worker=self.name, allow_partial=allow_partial)
+                run_scheduler_blocking(services.claim_batch, worker=self.name, allow_partial=allow_partial)
             )
             claim = await asyncio.shield(self._claiming)
             if claim.deferred:
@@ -132,7 +132,7 @@ class Scheduler:
             if not self.running:
                 continue
             try:
-                alive = await run_blocking(services.renew_leases, worker=self.name)
+                alive = await run_scheduler_blocking(services.renew_leases, worker=self.name)
             except Exception:
                 logger.exception("lease renewal failed")
                 continue
@@ -165,7 +165,7 @@ class Scheduler:
                     "content": content,
                 }
                 await live.quietly("publish", self.layer.group_send(group, message))
-            jobs = await run_blocking(
+            jobs = await run_scheduler_blocking(
                 services.finish_generation,
                 worker=self.name,
                 generation_id=generation.generation_id,
@@ -177,7 +177,7 @@ class Scheduler:
                 elapsed_ms = int((time.monotonic() - started) * 1000)
                 counters.incr(counters.GENERATION_MS_TOTAL, elapsed_ms)
                 if any(job.use_cache for job in jobs):
-                    await run_blocking(
+                    await run_scheduler_blocking(
                         store_response,
                         key=generation.cache_key,
                         endpoint=generation.endpoint,
@@ -206,7 +206,7 @@ class Scheduler:
         retryable = error.code in _RETRYABLE_CODES
         logger.warning("generation %s failed: %s (%s)", generation.generation_id, error.message, error.code)
         counters.incr(counters.UPSTREAM_ERRORS_PREFIX + error.code)
-        await run_blocking(
+        await run_scheduler_blocking(
             services.fail_generation,
             worker=self.name,
             generation_id=generation.generation_id,
@@ -240,7 +240,7 @@ class Scheduler:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        released = await run_blocking(services.release_worker, worker=self.name)
+        released = await run_scheduler_blocking(services.release_worker, worker=self.name)
         if released:
             logger.info("queue worker %s released its jobs: %s", self.name, released)
 
