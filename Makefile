@@ -56,16 +56,23 @@ test-scaled: $(VENV)/.dev
 wrk:
 	@command -v wrk >/dev/null || (apt-get install -y wrk || (apt-get update && apt-get install -y wrk))
 
-bench: $(VENV)/.dev wrk
-	$(PY) -m bench.run
+# Benchmarks run the service on the runtime requirements only (as `make run` installs them).
+RUNTIME_VENV := .venv-runtime
+$(RUNTIME_VENV)/.runtime: requirements.txt
+	@test -x $(RUNTIME_VENV)/bin/python || $(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
 
-bench-scaled: $(VENV)/.dev wrk
-	$(PY) -m bench.run --scaled --json artifacts/bench-scaled.json
+bench: $(VENV)/.dev $(RUNTIME_VENV)/.runtime wrk
+	BENCH_SERVER_PYTHON=$(RUNTIME_VENV)/bin/python $(PY) -m bench.run
+
+bench-scaled: $(VENV)/.dev $(RUNTIME_VENV)/.runtime wrk
+	BENCH_SERVER_PYTHON=$(RUNTIME_VENV)/bin/python $(PY) -m bench.run --scaled --json artifacts/bench-scaled.json
 
 # Leak check (not part of `make test`): SOAK_ARGS="--streams 50 --minutes 10" by default.
 SOAK_ARGS ?= --streams 50 --minutes 10
-soak: $(VENV)/.dev
-	$(PY) -m bench.soak $(SOAK_ARGS)
+soak: $(VENV)/.dev $(RUNTIME_VENV)/.runtime
+	BENCH_SERVER_PYTHON=$(RUNTIME_VENV)/bin/python $(PY) -m bench.soak $(SOAK_ARGS)
 
 # Security checks (not part of `make test`): bandit on our code, pip-audit on the pinned runtime
 # dependencies (--strict: a dependency it could not look up is a failure, not a silent pass).
@@ -83,4 +90,4 @@ format: $(VENV)/.dev
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) data .pytest_cache .ruff_cache

@@ -28,6 +28,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+# The service runs on the runtime requirements only, as `make run` installs them (`make bench` builds
+# .venv-runtime): the test tools in .venv add modules the server would import (httpx loads its CLI,
+# and with it rich and pygments, when they are installed), which is not what production runs.
+SERVER_PY = os.environ.get("BENCH_SERVER_PYTHON") or PY
 TARGETS = {
     "ttft_p50_ratio": ("<=", 1.2),
     "tokens_per_second_ratio": (">=", 0.95),
@@ -299,13 +303,13 @@ def main() -> int:
                 "REDIS_KEY_PREFIX": f"chatbot-bench-{os.getpid()}",
                 "QUEUE_EMBEDDED_WORKER": "false",
             })  # fmt: skip
-        subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
-        subprocess.run([PY, "manage.py", "clear_cache"], cwd=ROOT, env=env, check=True, capture_output=True)
+        subprocess.run([SERVER_PY, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+        subprocess.run([SERVER_PY, "manage.py", "clear_cache"], cwd=ROOT, env=env, check=True, capture_output=True)
         ports = [free_port() for _ in range(2 if args.scaled else 1)]
         started = time.monotonic()
         servers = [
             procs.start(
-                [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"],
+                [SERVER_PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"],
                 env,
                 f"server{port}",
             )
@@ -317,7 +321,7 @@ def main() -> int:
             wait_http(f"http://127.0.0.1:{port}/health")
         if args.scaled:
             for i in range(2):
-                procs.start([PY, "manage.py", "runworker", "chat-worker"], env, f"worker{i}")
+                procs.start([SERVER_PY, "manage.py", "runworker", "chat-worker"], env, f"worker{i}")
         base = f"http://127.0.0.1:{ports[0]}"
         time.sleep(1.0)
         results["rss_idle_mb"] = round(sum(rss_mb(s.pid) for s in servers), 1)
@@ -368,7 +372,7 @@ def main() -> int:
         queue_env = {**env, "QUEUE_MAX_CONCURRENT": "4", "BATCH_MAX_BATCH_SIZE": "3"}
         for port in ports:
             procs.start(
-                [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"],
+                [SERVER_PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"],
                 queue_env,
                 f"queue{port}",
             )

@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from bench.run import PY, ROOT, Emulator, Procs, free_port, rss_mb, wait_http
+from bench.run import ROOT, SERVER_PY, Emulator, Procs, free_port, rss_mb, wait_http
 
 SLOPE_TARGET_MB_PER_MIN = 1.0
 
@@ -162,10 +162,10 @@ def main() -> int:
                 "SQLITE_PATH": str(workdir / "soak.sqlite3"),
             }
         )
-        subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+        subprocess.run([SERVER_PY, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
         port = free_port()
         server = procs.start(
-            [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"],
+            [SERVER_PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"],
             env,
             "server",
         )

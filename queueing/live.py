@@ -21,7 +21,6 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
-from redis.exceptions import RedisError
 
 from chat.errors import ApiError, error_from_code
 from chatbot_site.runtime import run_blocking
@@ -44,7 +43,16 @@ REPLAY_TIMEOUT_SECONDS = 2.0
 # carries every chunk). So layer failures are logged and skipped, never raised, and after one
 # failure the layer is left alone for LAYER_RETRY_SECONDS instead of being retried per token.
 
-LAYER_ERRORS = (RedisError, ConnectionError, TimeoutError, OSError)
+def _layer_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
+    if settings.REDIS_URL:  # redis is imported only where it is used (it costs memory)
+        from redis.exceptions import RedisError
+
+        errors = (RedisError, *errors)
+    return errors
+
+
+LAYER_ERRORS = _layer_errors()
 LAYER_RETRY_SECONDS = 1.0
 _layer_down_until = 0.0
 _layer_warned_at = 0.0
