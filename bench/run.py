@@ -304,12 +304,23 @@ def main() -> int:
                 "QUEUE_EMBEDDED_WORKER": "false",
             })  # fmt: skip
         subprocess.run([SERVER_PY, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
-        subprocess.run([SERVER_PY, "manage.py", "clear_cache"], cwd=ROOT, env=env, check=True, capture_output=True)
+        subprocess.run(
+            [SERVER_PY, "manage.py", "clear_cache"], cwd=ROOT, env=env, check=True, capture_output=True
+        )
         ports = [free_port() for _ in range(2 if args.scaled else 1)]
         started = time.monotonic()
         servers = [
             procs.start(
-                [SERVER_PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"],
+                [
+                    SERVER_PY,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "chatbot_site.asgi:application",
+                ],
                 env,
                 f"server{port}",
             )
@@ -372,7 +383,16 @@ def main() -> int:
         queue_env = {**env, "QUEUE_MAX_CONCURRENT": "4", "BATCH_MAX_BATCH_SIZE": "3"}
         for port in ports:
             procs.start(
-                [SERVER_PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"],
+                [
+                    SERVER_PY,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "chatbot_site.asgi:application",
+                ],
                 queue_env,
                 f"queue{port}",
             )

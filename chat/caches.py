@@ -31,6 +31,7 @@ CONVERSATIONS = "conversations"
 # Bump when the stored format changes: old entries are then simply never read again.
 KEY_VERSION = "v1"
 LRU_RESOLUTION_SECONDS = 1.0
+TOUCH_MEMO_SIZE = 10_000  # keys whose last LRU refresh this process remembers
 
 
 def canonical_json(value: Any) -> str:
@@ -102,6 +103,7 @@ class SizedCache:
         self.hits, self.misses, self.evictions = hits, misses, evictions
         self.sliding = sliding  # a read renews the TTL (conversations), or not (responses)
         self._evicted_at = 0.0  # when this process last checked the byte limit
+        self._touched: dict[str, float] = {}  # key -> when this process last refreshed its LRU time
 
     @property
     def max_bytes(self) -> int:
@@ -132,12 +134,17 @@ class SizedCache:
         fields: dict[str, Any] = {"last_used": now}
         if self.sliding:
             fields["expires_at"] = now + self.ttl_seconds
-        # LRU order to the second is plenty; skipping the write for hot keys keeps hits cheap.
-        entry = CacheEntry.objects.filter(alias=self.alias, key=key)
-        if not entry.filter(last_used__gte=now - LRU_RESOLUTION_SECONDS).exists() and not entry.update(
-            **fields
-        ):
-            self._index(key, len(raw.encode()), now)
+        # LRU order to the second is plenty: a key this process touched within the last second is
+        # not touched again (no query at all), and one another process touched is not rewritten.
+        if not 0 <= now - self._touched.get(key, -1e18) < LRU_RESOLUTION_SECONDS:
+            if len(self._touched) > TOUCH_MEMO_SIZE:
+                self._touched.clear()
+            self._touched[key] = now
+            entry = CacheEntry.objects.filter(alias=self.alias, key=key)
+            if not entry.filter(last_used__gte=now - LRU_RESOLUTION_SECONDS).exists() and not entry.update(
+                **fields
+            ):
+                self._index(key, len(raw.encode()), now)
         if count:
             counters.incr(self.hits)
         return json.loads(raw)
@@ -206,6 +213,7 @@ class SizedCache:
 
     def clear(self) -> int:
         """Remove this service's entries only (never a FLUSHDB of a shared Redis)."""
+        self._touched.clear()
         keys = list(CacheEntry.objects.filter(alias=self.alias).values_list("key", flat=True))
         backend = caches[self.alias]
         try:

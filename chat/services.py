@@ -251,10 +251,19 @@ class _Pump:
         await asyncio.gather(self.task, return_exceptions=True)
 
 
-async def _replay(entry: dict[str, Any]) -> AsyncIterator[live.Event]:
-    for chunk in entry["chunks"]:
-        yield live.Event("chunk", content=chunk)
-    yield live.Event("done", final=entry.get("final") or {})
+class _Replay:
+    """A cached entry's events, with ``_Pump``'s interface but no task: they are all here already."""
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        events = [live.Event("chunk", content=chunk) for chunk in entry["chunks"]]
+        events.append(live.Event("done", final=entry.get("final") or {}))
+        self.events = iter(events)
+
+    async def get(self, timeout: float | None = None) -> live.Event | None:
+        return next(self.events, None)
+
+    async def close(self) -> None:
+        pass
 
 
 class GenerationSession:
@@ -282,7 +291,7 @@ class GenerationSession:
         self.finished = False
         self.chunks: list[str] = []
         self.final: dict[str, Any] = {}
-        self._pump: _Pump | None = None
+        self._pump: _Pump | _Replay | None = None
 
     async def start(self) -> None:
         """Look in the cache, or enqueue the generation."""
@@ -300,7 +309,7 @@ class GenerationSession:
         )
         if not isinstance(found, queue.Enqueued):
             self.cached = True
-            self._pump = _Pump(_replay(found))
+            self._pump = _Replay(found)
             return
         enqueued = found
         self.job_id = enqueued.job.id

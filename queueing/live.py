@@ -43,6 +43,7 @@ REPLAY_TIMEOUT_SECONDS = 2.0
 # carries every chunk). So layer failures are logged and skipped, never raised, and after one
 # failure the layer is left alone for LAYER_RETRY_SECONDS instead of being retried per token.
 
+
 def _layer_errors() -> tuple[type[BaseException], ...]:
     errors: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
     if settings.REDIS_URL:  # redis is imported only where it is used (it costs memory)
