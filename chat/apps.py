@@ -1,6 +1,26 @@
+from __future__ import annotations
+
+import asyncio
+
 from django.apps import AppConfig
 
 
 class ChatConfig(AppConfig):
     name = "chat"
     verbose_name = "Chat"
+
+    def ready(self) -> None:
+        from chatbot_site import runtime
+
+        runtime.on_start(_prepare_for_requests)
+
+
+def _prepare_for_requests(loop: asyncio.AbstractEventLoop) -> None:
+    """Pay the first request's one-off costs at start-up instead: the Ollama client (its TLS
+    context loads the CA bundle) and the blocking pool's database connection."""
+    from django.db import connection
+
+    from chat.ollama import open_client
+
+    open_client(loop)
+    loop.run_in_executor(None, connection.ensure_connection)

@@ -223,7 +223,11 @@ _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OllamaClient] = w
 
 def get_client() -> OllamaClient:
     """The running loop's client, created from settings on first use."""
-    loop = asyncio.get_running_loop()
+    return open_client(asyncio.get_running_loop())
+
+
+def open_client(loop: asyncio.AbstractEventLoop) -> OllamaClient:
+    """``loop``'s client, created now if it has none (servers do it at start-up)."""
     client = _clients.get(loop)
     if client is None:
         client = _clients[loop] = OllamaClient.from_settings()
