@@ -26,10 +26,13 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_counter_increments() -> None:
-    """Increments the test process buffered in an earlier test must not count in this one."""
+def _no_leftover_counter_increments() -> Iterator[None]:
+    """Increments the test process buffered in an earlier test must not count in this one (nor be
+    written at exit, after the test database is gone)."""
     from stats import counters
 
+    counters.discard_pending()
+    yield
     counters.discard_pending()
 
 
@@ -134,10 +137,15 @@ def servers(server_base_env: dict[str, str], logs_dir: Path) -> Iterator[Servers
 
 @pytest.fixture
 def start_server(
-    servers: Servers, logs_dir: Path, request: pytest.FixtureRequest, ollama: FakeOllama, clean_caches: None
+    servers: Servers,
+    logs_dir: Path,
+    request: pytest.FixtureRequest,
+    ollama: FakeOllama,
+    clean_caches: None,
+    django_db_blocker: Any,
 ) -> Iterator[Callable[..., LiveServer]]:
     """Start a daphne server with env overrides (``QUEUE_MAX_CONCURRENT=2``...); stopped after."""
-    servers.stop_shared()
+    _stop_shared_server(servers, django_db_blocker)
     started: list[LiveServer] = []
 
     def start(args: list[str] | None = None, **overrides: Any) -> LiveServer:
@@ -179,3 +187,15 @@ def start_worker(
 def no_workers(servers: Servers) -> None:
     """No server runs: a test that drives the queue itself must not race a worker for its jobs."""
     servers.stop_shared()
+
+
+def _stop_shared_server(servers: Servers, django_db_blocker: Any) -> None:
+    if servers.shared is None:
+        return
+    servers.stop_shared()
+    # A stopping server writes its buffered counter increments on the way out, after the last
+    # test's database flush: they belong to that test, not to the one starting now.
+    from stats.models import Counter
+
+    with django_db_blocker.unblock():
+        Counter.objects.all().delete()
