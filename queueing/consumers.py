@@ -185,9 +185,16 @@ class Scheduler:
                         chunks=state.chunks,
                         final=final,
                     )
-            await live.quietly(
-                "publish", self.layer.group_send(group, {"type": "gen.end", "generation": gid})
-            )
+            # The end, with what a listener needs to finish without reading its row again: the
+            # jobs now completed, the number of chunks, and the final metrics.
+            end = {
+                "type": "gen.end",
+                "generation": gid,
+                "completed": [job.id.hex for job in jobs],
+                "chunks": len(state.chunks),
+                "final": final,
+            }
+            await live.quietly("publish", self.layer.group_send(group, end))
         except ApiError as exc:
             await self._fail(state, exc)
         except asyncio.CancelledError:

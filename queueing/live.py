@@ -298,6 +298,19 @@ async def follow_request(
                 buffered.update(dict(enumerate(message["chunks"])))
             elif kind == "gen.chunk" and generation and message["generation"] == generation.hex:
                 buffered[message["seq"]] = message["content"]
+            elif (
+                kind == "gen.end"
+                and generation
+                and message["generation"] == generation.hex
+                and job_id.hex in message.get("completed", ())
+                and have_snapshot
+                and all(seq < emitted or seq in buffered for seq in range(message["chunks"]))
+            ):
+                # Completed, and every chunk is here: finish without reading the row again.
+                for seq in range(emitted, message["chunks"]):
+                    yield Event("chunk", content=buffered[seq])
+                yield Event("done", final=message.get("final") or {})
+                return
             elif kind == "job.claimed" and job.status == Status.PENDING:
                 # Started: the message says where, so no read is needed to follow it.
                 job.status = Status.PROCESSING
