@@ -199,3 +199,20 @@ def _stop_shared_server(servers: Servers, django_db_blocker: Any) -> None:
 
     with django_db_blocker.unblock():
         Counter.objects.all().delete()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_sessions_left_on_the_test_database(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """PostgreSQL refuses to drop the test database while any session uses it, and pool threads of
+    the test process (management commands and admin actions run in-process) may still hold one at
+    the end: end them first, so the database is dropped cleanly."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
