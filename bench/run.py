@@ -46,6 +46,11 @@ TARGETS = {
 }
 
 
+def daphne_command(port: int) -> list[str]:
+    """The service on a loopback port, as `make run` starts it."""
+    return [SERVER_PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -311,16 +316,7 @@ def main() -> int:
         started = time.monotonic()
         servers = [
             procs.start(
-                [
-                    SERVER_PY,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "chatbot_site.asgi:application",
-                ],
+                daphne_command(port),
                 env,
                 f"server{port}",
             )
@@ -383,16 +379,7 @@ def main() -> int:
         queue_env = {**env, "QUEUE_MAX_CONCURRENT": "4", "BATCH_MAX_BATCH_SIZE": "3"}
         for port in ports:
             procs.start(
-                [
-                    SERVER_PY,
-                    "-m",
-                    "daphne",
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "chatbot_site.asgi:application",
-                ],
+                daphne_command(port),
                 queue_env,
                 f"queue{port}",
             )

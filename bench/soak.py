@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from bench.run import ROOT, SERVER_PY, Emulator, Procs, free_port, rss_mb, wait_http
+from bench.run import ROOT, SERVER_PY, Emulator, Procs, daphne_command, free_port, rss_mb, wait_http
 
 SLOPE_TARGET_MB_PER_MIN = 1.0
 
@@ -165,7 +165,7 @@ def main() -> int:
         subprocess.run([SERVER_PY, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
         port = free_port()
         server = procs.start(
-            [SERVER_PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"],
+            daphne_command(port),
             env,
             "server",
         )

@@ -15,6 +15,7 @@ from django.http import HttpRequest, JsonResponse
 from chat.http import api_view
 from chat.openai_api import OPTION_NAMES as OPENAI_OPTIONS
 from chat.requests import MAX_DEPTH, MODEL_NAME, OPTIONS
+from chat.services import METRIC_KEYS
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -39,6 +40,11 @@ def obj(properties: dict[str, Any], *required: str, closed: bool = False) -> dic
     if closed:
         schema["additionalProperties"] = False
     return schema
+
+
+def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """A required JSON request body."""
+    return {"required": True, "content": {JSON: {"schema": schema}}}
 
 
 def body(content_type: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -83,14 +89,6 @@ def _option_schema(types: tuple[type, ...], low: float | None, high: float | Non
 
 def _schemas() -> dict[str, Any]:
     priority = settings.LIMITS_MAX_PRIORITY
-    metrics_fields = (
-        "total_duration",
-        "load_duration",
-        "prompt_eval_count",
-        "prompt_eval_duration",
-        "eval_count",
-        "eval_duration",
-    )
     status_block = obj(
         {
             "queue_position": {"type": "integer", "minimum": 0},
@@ -187,7 +185,7 @@ def _schemas() -> dict[str, Any]:
             "messages",
             closed=True,
         ),
-        "Metrics": obj({name: {"type": "integer", "minimum": 0} for name in metrics_fields}),
+        "Metrics": obj({name: {"type": "integer", "minimum": 0} for name in METRIC_KEYS}),
         "ChatAnswer": obj(
             {
                 "message": obj(
@@ -441,7 +439,7 @@ def document() -> dict[str, Any]:
             "/api/chat-optimized": {
                 "post": {
                     "summary": "Chat, through the cache and the scheduler; SSE with `stream: true`.",
-                    "requestBody": {"required": True, "content": {JSON: {"schema": ref("ChatRequest")}}},
+                    "requestBody": json_body(ref("ChatRequest")),
                     "responses": {
                         "200": {
                             "description": "The answer, or its SSE stream.",
@@ -496,7 +494,7 @@ def document() -> dict[str, Any]:
                             "description": "Repeating a key returns the same request; empty means none.",
                         }
                     ],
-                    "requestBody": {"required": True, "content": {JSON: {"schema": ref("QueueRequest")}}},
+                    "requestBody": json_body(ref("QueueRequest")),
                     "responses": {
                         "202": {
                             **body(JSON, ref("QueueAccepted"), "Accepted."),
@@ -564,7 +562,7 @@ def document() -> dict[str, Any]:
                 },
                 "post": {
                     "summary": "An operator action (`X-Admin-Token` or a staff session).",
-                    "requestBody": {"required": True, "content": {JSON: {"schema": ref("CacheAction")}}},
+                    "requestBody": json_body(ref("CacheAction")),
                     "responses": {
                         "200": body(JSON, {"type": "object"}, "Done."),
                         **errors(400, 401, 403, 404, 413, 502, 503, 504),
@@ -580,71 +578,43 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/api/chat": {
-                "post": {
-                    "summary": "Ollama's chat (NDJSON unless `stream: false`).",
-                    "requestBody": {
-                        "required": True,
-                        "content": {JSON: {"schema": ref("OllamaChatRequest")}},
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "The answer or its NDJSON stream.",
-                            "content": {
-                                JSON: {"schema": ref("OllamaChunk")},
-                                NDJSON: {"schema": {"type": "string"}},
+            **{
+                f"/api/{name}": {
+                    "post": {
+                        "summary": f"Ollama's {name} (NDJSON unless `stream: false`).",
+                        "requestBody": json_body(ref(schema)),
+                        "responses": {
+                            "200": {
+                                "description": "The answer or its NDJSON stream.",
+                                "content": {
+                                    JSON: {"schema": ref("OllamaChunk")},
+                                    NDJSON: {"schema": {"type": "string"}},
+                                },
                             },
+                            **ollama_errors,
                         },
-                        **ollama_errors,
-                    },
+                    }
                 }
-            },
-            "/api/generate": {
-                "post": {
-                    "summary": "Ollama's generate (NDJSON unless `stream: false`).",
-                    "requestBody": {
-                        "required": True,
-                        "content": {JSON: {"schema": ref("OllamaGenerateRequest")}},
-                    },
-                    "responses": {
-                        "200": {
-                            "description": "The answer or its NDJSON stream.",
-                            "content": {
-                                JSON: {"schema": ref("OllamaChunk")},
-                                NDJSON: {"schema": {"type": "string"}},
-                            },
-                        },
-                        **ollama_errors,
-                    },
-                }
+                for name, schema in (("chat", "OllamaChatRequest"), ("generate", "OllamaGenerateRequest"))
             },
             "/api/embed": {
                 "post": {
                     "summary": "Ollama's embed (cached by model and input).",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            JSON: {
-                                "schema": obj(
-                                    {
-                                        "model": {"type": "string", "pattern": MODEL_NAME.pattern},
-                                        "input": {
-                                            "oneOf": [
-                                                {"type": "string", "maxLength": 1000},
-                                                {
-                                                    "type": "array",
-                                                    "items": {"type": "string"},
-                                                    "maxItems": 16,
-                                                },
-                                            ]
-                                        },
-                                    },
-                                    "model",
-                                    "input",
-                                )
-                            }
-                        },
-                    },
+                    "requestBody": json_body(
+                        obj(
+                            {
+                                "model": {"type": "string", "pattern": MODEL_NAME.pattern},
+                                "input": {
+                                    "oneOf": [
+                                        {"type": "string", "maxLength": 1000},
+                                        {"type": "array", "items": {"type": "string"}, "maxItems": 16},
+                                    ]
+                                },
+                            },
+                            "model",
+                            "input",
+                        )
+                    ),
                     "responses": {"200": body(JSON, ref("OllamaJson"), "Embeddings."), **ollama_errors},
                 }
             },
@@ -663,16 +633,9 @@ def document() -> dict[str, Any]:
             "/api/show": {
                 "post": {
                     "summary": "Ollama's show, passed through.",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            JSON: {
-                                "schema": obj(
-                                    {"model": {"type": "string", "pattern": MODEL_NAME.pattern}}, "model"
-                                )
-                            }
-                        },
-                    },
+                    "requestBody": json_body(
+                        obj({"model": {"type": "string", "pattern": MODEL_NAME.pattern}}, "model")
+                    ),
                     "responses": {"200": body(JSON, ref("OllamaJson"), "Model details."), **ollama_errors},
                 }
             },
@@ -711,10 +674,7 @@ def document() -> dict[str, Any]:
             "/v1/chat/completions": {
                 "post": {
                     "summary": "OpenAI's chat completions (SSE with `stream: true`).",
-                    "requestBody": {
-                        "required": True,
-                        "content": {JSON: {"schema": ref("OpenAIChatRequest")}},
-                    },
+                    "requestBody": json_body(ref("OpenAIChatRequest")),
                     "responses": {
                         "200": {
                             "description": "A chat.completion or its chunk stream.",

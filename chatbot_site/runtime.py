@@ -106,8 +106,7 @@ async def run_blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     Plain ``run_in_executor``: asgiref's ``sync_to_async`` did the same with more bookkeeping per
     call, and there are several calls per request.
     """
-    call = functools.partial(_with_fresh_connection(fn), *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, call)
+    return await _run_in(None, fn, *args, **kwargs)
 
 
 async def run_scheduler_blocking(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -117,8 +116,14 @@ async def run_scheduler_blocking(fn: Callable[..., T], /, *args: Any, **kwargs: 
     executor = _scheduler_executors.get(id(loop))
     if executor is None:
         executor = _scheduler_executors[id(loop)] = ThreadPoolExecutor(1, thread_name_prefix="scheduler")
+    return await _run_in(executor, fn, *args, **kwargs)
+
+
+async def _run_in(
+    executor: ThreadPoolExecutor | None, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+) -> T:
     call = functools.partial(_with_fresh_connection(fn), *args, **kwargs)
-    return await loop.run_in_executor(executor, contextvars.copy_context().run, call)
+    return await asyncio.get_running_loop().run_in_executor(executor, contextvars.copy_context().run, call)
 
 
 _scheduler_executors: dict[int, ThreadPoolExecutor] = {}
