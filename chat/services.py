@@ -17,6 +17,7 @@ from django.conf import settings
 from chat import sse
 from chat.caches import conversation_cache, response_cache, response_key
 from chat.errors import ApiError, NotFound
+from chat.pump import Pump
 from chat.requests import ChatRequest
 from chatbot_site.runtime import run_blocking
 from queueing import live
@@ -100,17 +101,14 @@ def _submit_blocking(
         "endpoint": "chat",
         "model": req.model,
         "payload": req.ollama_payload(),
-        "cache_key": key,
         "priority": req.priority,
         "owner": owner,
         "idempotency_key": idempotency_key,
     }
-    entry = cached_entry(key, use_cache=req.use_cache)
-    if entry is not None:
-        enqueued = queue.Enqueued(queue.complete_from_cache(**common, entry=entry), created=True)
-    else:
-        enqueued = queue.enqueue_request(**common, use_cache=req.use_cache)
-    return enqueued, queue.queue_status(enqueued.job)
+    found = _answer_or_enqueue(key, use_cache=req.use_cache, **common)
+    if isinstance(found, dict):  # a cached answer completes the request at once
+        found = queue.Enqueued(queue.complete_from_cache(**common, cache_key=key, entry=found), created=True)
+    return found, queue.queue_status(found.job)
 
 
 async def cancel(job_id: uuid.UUID, *, owner: str | None, reason: str = "cancelled") -> Job:
@@ -224,35 +222,8 @@ def fit_history(history: list[dict[str, Any]], new: list[dict[str, Any]]) -> lis
 # --- /api/chat-optimized -------------------------------------------------------------------------
 
 
-class _Pump:
-    """Reads an event stream in its own task, so a wait for the next event can time out safely."""
-
-    def __init__(self, events: AsyncIterator[live.Event]) -> None:
-        self.queue: asyncio.Queue[live.Event | BaseException | None] = asyncio.Queue()
-        self.task = asyncio.ensure_future(self._run(events))
-
-    async def _run(self, events: AsyncIterator[live.Event]) -> None:
-        try:
-            async for event in events:
-                await self.queue.put(event)
-        except Exception as exc:  # noqa: BLE001 - handed to the reader, which re-raises it
-            await self.queue.put(exc)
-        await self.queue.put(None)
-
-    async def get(self, timeout: float | None = None) -> live.Event | None:
-        """The next event, None at the end; raises TimeoutError after ``timeout``."""
-        item = await asyncio.wait_for(self.queue.get(), timeout)
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    async def close(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-
-
 class _Replay:
-    """A cached entry's events, with ``_Pump``'s interface but no task: they are all here already."""
+    """A cached entry's events, with ``Pump``'s interface but no task: they are all here already."""
 
     def __init__(self, entry: dict[str, Any]) -> None:
         events = [live.Event("chunk", content=chunk) for chunk in entry["chunks"]]
@@ -291,7 +262,7 @@ class GenerationSession:
         self.finished = False
         self.chunks: list[str] = []
         self.final: dict[str, Any] = {}
-        self._pump: _Pump | _Replay | None = None
+        self._pump: Pump[live.Event] | _Replay | None = None
 
     async def start(self) -> None:
         """Look in the cache, or enqueue the generation."""
@@ -307,7 +278,7 @@ class GenerationSession:
             priority=self.priority,
             owner=self.owner,
         )
-        if not isinstance(found, queue.Enqueued):
+        if isinstance(found, dict):
             self.cached = True
             self._pump = _Replay(found)
             return
@@ -315,7 +286,7 @@ class GenerationSession:
         self.job_id = enqueued.job.id
         if not enqueued.joined:
             await live.wake_workers()
-        self._pump = _Pump(live.follow_request(self.job_id, keep_caller_alive=True, job=enqueued.job))
+        self._pump = Pump(live.follow_request(self.job_id, keep_caller_alive=True, job=enqueued.job))
 
     async def next_event(self, timeout: float | None = None) -> live.Event | None:
         """The next event (None at the end); raises TimeoutError after ``timeout``."""

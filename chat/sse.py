@@ -10,13 +10,14 @@ unaffected). A ``: ping`` comment goes out after every ``SSE_HEARTBEAT_SECONDS``
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
+
+from chat.pump import Pump
 
 PING = b": ping\n\n"
 
@@ -43,50 +44,35 @@ def error_frame(error: str, code: str) -> bytes:
 async def with_heartbeat(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
     """Pass frames through, adding a ping comment whenever ``interval`` passes without one.
 
-    One task reads ``frames`` into a queue; each write takes every frame already waiting, so under
-    load several tokens leave in one write (no delay is added: a lone frame goes at once). The
-    source is only ever interrupted when the client goes away; then it is cancelled, which runs
-    its ``finally`` (cancelling the upstream generation).
+    Frames are read by a ``Pump``; each write takes every frame already waiting, so under load
+    several tokens leave in one write (no delay is added: a lone frame goes at once). The source is
+    only ever interrupted when the client goes away; then it is cancelled, which runs its
+    ``finally`` (cancelling the upstream generation).
     """
-    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for chunk in frames:
-                queue.put_nowait(chunk)
-        except Exception as exc:  # noqa: BLE001 - handed to the writer, which re-raises it
-            queue.put_nowait(exc)
-        queue.put_nowait(None)
-
-    reader = asyncio.ensure_future(pump())
+    pump = Pump(frames)
     try:
         while True:
-            if queue.empty():
-                try:
-                    async with asyncio.timeout(interval):
-                        item = await queue.get()
-                except TimeoutError:
-                    yield PING
-                    continue
-            else:
-                item = queue.get_nowait()
+            try:
+                frame = await pump.get(interval)
+            except TimeoutError:
+                yield PING
+                continue
             batch: list[bytes] = []
-            while True:
-                if item is None or isinstance(item, BaseException):
-                    if batch:
-                        yield b"".join(batch)
-                    if item is None:
-                        return
-                    raise item
-                batch.append(item)
-                if queue.empty():
+            while frame is not None:
+                batch.append(frame)
+                if not pump.ready():
                     break
-                item = queue.get_nowait()
-            yield b"".join(batch)
+                try:
+                    frame = await pump.get()
+                except Exception:
+                    yield b"".join(batch)  # what came before the failure still goes out
+                    raise
+            if batch:
+                yield b"".join(batch)
+            if frame is None:
+                return
     finally:
-        if not reader.done():
-            reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
+        await pump.close()
 
 
 def sse_response(

@@ -89,6 +89,13 @@ def _option_schema(types: tuple[type, ...], low: float | None, high: float | Non
 
 def _schemas() -> dict[str, Any]:
     priority = settings.LIMITS_MAX_PRIORITY
+    model_name = {"type": "string", "pattern": MODEL_NAME.pattern, "maxLength": 200}
+    # What every generation request may carry, as chat.requests checks it.
+    generation_fields = {
+        "options": {"anyOf": [ref("Options"), {"type": "null"}]},
+        "format": {"oneOf": [{"const": "json"}, {"type": "object"}, {"type": "null"}]},
+        "keep_alive": {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": KEEP_ALIVE_PATTERN}]},
+    }
     status_block = obj(
         {
             "queue_position": {"type": "integer", "minimum": 0},
@@ -168,15 +175,11 @@ def _schemas() -> dict[str, Any]:
                     "minItems": 1,
                     "maxItems": settings.LIMITS_MAX_MESSAGES,
                 },
-                "model": {"type": "string", "pattern": MODEL_NAME.pattern, "maxLength": 200},
+                "model": model_name,
                 "stream": {"type": "boolean", "default": False},
                 "use_cache": {"type": "boolean", "default": True},
                 "priority": {"type": "integer", "minimum": -priority, "maximum": priority, "default": 0},
-                "options": {"anyOf": [ref("Options"), {"type": "null"}]},
-                "format": {"oneOf": [{"const": "json"}, {"type": "object"}, {"type": "null"}]},
-                "keep_alive": {
-                    "oneOf": [{"type": "integer"}, {"type": "string", "pattern": KEEP_ALIVE_PATTERN}]
-                },
+                **generation_fields,
                 "conversation_id": {
                     "oneOf": [{"const": "new"}, {"type": "string", "pattern": UUID_PATTERN}],
                     "description": 'A conversation id (UUID), or "new" to start a conversation.',
@@ -301,32 +304,24 @@ def _schemas() -> dict[str, Any]:
         ),
         "OllamaChatRequest": obj(
             {
-                "model": {"type": "string", "pattern": MODEL_NAME.pattern, "maxLength": 200},
+                "model": model_name,
                 "messages": {
                     "type": "array",
                     "items": ref("Message"),
                     "maxItems": settings.LIMITS_MAX_MESSAGES,
                 },
                 "stream": {"type": "boolean"},
-                "options": {"anyOf": [ref("Options"), {"type": "null"}]},
-                "format": {"oneOf": [{"const": "json"}, {"type": "object"}, {"type": "null"}]},
-                "keep_alive": {
-                    "oneOf": [{"type": "integer"}, {"type": "string", "pattern": KEEP_ALIVE_PATTERN}]
-                },
+                **generation_fields,
             },
             "model",
         ),
         "OllamaGenerateRequest": obj(
             {
-                "model": {"type": "string", "pattern": MODEL_NAME.pattern, "maxLength": 200},
+                "model": model_name,
                 "prompt": {"type": "string", "maxLength": settings.LIMITS_MAX_MESSAGE_CHARS},
                 "system": {"type": "string", "maxLength": settings.LIMITS_MAX_MESSAGE_CHARS},
                 "stream": {"type": "boolean"},
-                "options": {"anyOf": [ref("Options"), {"type": "null"}]},
-                "format": {"oneOf": [{"const": "json"}, {"type": "object"}, {"type": "null"}]},
-                "keep_alive": {
-                    "oneOf": [{"type": "integer"}, {"type": "string", "pattern": KEEP_ALIVE_PATTERN}]
-                },
+                **generation_fields,
             },
             "model",
         ),

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,12 +44,12 @@ REPLAY_TIMEOUT_SECONDS = 2.0
 
 
 def _layer_errors() -> tuple[type[BaseException], ...]:
-    errors: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
-    if settings.REDIS_URL:  # redis is imported only where it is used (it costs memory)
-        from redis.exceptions import RedisError
+    """OSError covers refused connections and timeouts; redis-py wraps them in its own errors."""
+    if not settings.REDIS_URL:  # redis is imported only where it is used (it costs memory)
+        return (OSError,)
+    from redis.exceptions import RedisError
 
-        errors = (RedisError, *errors)
-    return errors
+    return (RedisError, OSError)
 
 
 LAYER_ERRORS = _layer_errors()
@@ -75,11 +74,10 @@ def layer_available() -> bool:
     return time.monotonic() >= _layer_down_until
 
 
-async def quietly(what: str, operation: Awaitable[Any]) -> bool:
+async def quietly(what: str, operation: Coroutine[Any, Any, Any]) -> bool:
     """Run one layer operation; False (logged, not raised) if the layer is full or down."""
     if not layer_available():
-        if inspect.iscoroutine(operation):
-            operation.close()
+        operation.close()  # never started: no "coroutine was never awaited" warning
         return False
     try:
         await operation

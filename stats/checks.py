@@ -11,9 +11,9 @@ from django.core.checks import Warning, register
 @register("deployment")
 def check_worker_reachable(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     """Warn when the queue worker is meant to run in other processes but cannot hear them."""
-    layer = settings.CHANNEL_LAYERS["default"]["BACKEND"]
     problems = []
-    if layer.endswith(("InMemoryChannelLayer", "LocalChannelLayer")) and not settings.QUEUE_EMBEDDED_WORKER:
+    # Without REDIS_URL the channel layer is in-memory: only this process hears it.
+    if not settings.REDIS_URL and not settings.QUEUE_EMBEDDED_WORKER:
         problems.append(
             Warning(
                 "The queue worker is off in this process and the channel layer is in-memory.",
