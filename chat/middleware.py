@@ -77,7 +77,7 @@ class OnlyWhereNeeded:
     get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        if request.path.startswith(FULL_STACK_PREFIXES):
+        if request.path_info.startswith(FULL_STACK_PREFIXES):
             return await super().__acall__(request)  # type: ignore[misc]
         return await self.get_response(request)
 
@@ -135,7 +135,8 @@ _PUBLIC = ("/health", "/api/schema", "/admin/", "/static/")
 
 
 def _needs_key(request: HttpRequest) -> bool:
-    path = request.path
+    # path_info is what the URL resolver routes on: the decision is made on the same path.
+    path = request.path_info
     if path.startswith(_PUBLIC):
         return False
     if path == "/api/cache-stats" and request.method == "POST":

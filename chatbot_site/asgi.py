@@ -23,20 +23,28 @@ django_app = ApiASGIHandler()
 from queueing.consumers import SchedulerConsumer  # noqa: E402
 
 
-class StartOnFirstRequest:
-    """Runs the server start-up on the first HTTP event, for servers without a start hook."""
+class HttpEntry:
+    """Every HTTP request enters here: the root path is set from configuration, and the server
+    start-up runs on the first event (for servers without a start hook).
+
+    daphne fills ``root_path`` from the client's ``Daphne-Root-Path`` header. Django then builds
+    ``request.path`` with that prefix while it routes on ``path_info`` without it, so a forged
+    prefix made any protected path look public to a check on ``request.path``. The header is
+    never trusted: the prefix is ``[server] root_path`` only.
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         start_process(asyncio.get_running_loop())
+        scope = {**scope, "root_path": settings.SERVER_ROOT_PATH}
         await self.app(scope, receive, send)
 
 
 application = ProtocolTypeRouter(
     {
-        "http": StartOnFirstRequest(django_app),
+        "http": HttpEntry(django_app),
         "channel": ChannelNameRouter({settings.QUEUE_WORKER_CHANNEL: SchedulerConsumer.as_asgi()}),
     }
 )

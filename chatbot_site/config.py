@@ -117,6 +117,13 @@ def origins(value: Any) -> str | None:
     return None
 
 
+def root_path(value: Any) -> str | None:
+    text = str(value)
+    if text and (not text.startswith("/") or text.endswith("/") or "//" in text):
+        return 'must be empty or a path prefix such as "/chat" (leading slash, no trailing slash)'
+    return None
+
+
 def setting(default: Any, env: str, check: Check | None = None) -> Any:
     """Declare a config key: its default, the env variable that overrides it, and its check."""
     return field(default=default, metadata={"env": env, "check": check})
@@ -134,6 +141,10 @@ class ServerConfig:
     workers: int = setting(0, "SERVER_WORKERS", between(0, 64))  # 0: 1 on SQLite, 4 on PostgreSQL
     # A ": ping" comment after this much silence on an SSE stream keeps proxies from closing it.
     sse_heartbeat_seconds: float = setting(15.0, "SSE_HEARTBEAT_SECONDS", between(0.1, 300))
+    # The path prefix the service is mounted under behind a proxy ("" = the root). Only ever from
+    # configuration: daphne would take it from a client's Daphne-Root-Path header, which the ASGI
+    # application overwrites (a forged prefix once made protected paths look public).
+    root_path: str = setting("", "SERVER_ROOT_PATH", root_path)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from chat.middleware import FULL_STACK_PREFIXES
 
 class ApiASGIHandler(ASGIHandler):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith(FULL_STACK_PREFIXES):
+        path = scope["path"].removeprefix(scope.get("root_path", ""))  # what Django routes on
+        if scope["type"] == "http" and not path.startswith(FULL_STACK_PREFIXES):
             await self.handle(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)

@@ -206,6 +206,7 @@ SERVER_PORT = CONFIG.server.port
 # so one thread measured fastest (no busy waits, no thread switches); PostgreSQL works in parallel.
 SERVER_WORKERS = CONFIG.server.workers or (4 if CONFIG.database.url else 1)
 SSE_HEARTBEAT_SECONDS = CONFIG.server.sse_heartbeat_seconds
+SERVER_ROOT_PATH = CONFIG.server.root_path
 
 OLLAMA_API_URL = CONFIG.ollama.api_url.rstrip("/")
 OLLAMA_MODEL = CONFIG.ollama.model

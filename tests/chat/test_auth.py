@@ -153,3 +153,43 @@ def test_create_api_key_prints_a_key_whose_hash_it_prints():
     assert result.returncode == 0 and key.startswith("cbk_")
     assert lines[3].strip() == f'"carol:{hash_key(key)}"'
     assert httpx.URL  # the key is usable as a bearer token: see the tests above
+
+
+# Paths the key check leaves open; a forged Daphne-Root-Path of one of them once opened the rest.
+PUBLIC_PREFIXES = ("/health", "/api/schema", "/admin/", "/static/")
+
+
+def _protected_paths() -> list[str]:
+    """Every route that needs a key, parameters filled in, from the URL configuration itself."""
+    from chatbot_site import urls
+
+    paths = []
+    for pattern in urls.urlpatterns:
+        route = str(pattern.pattern)
+        if route == "" or any(f"/{route}".startswith(p) for p in PUBLIC_PREFIXES):
+            continue
+        route = route.replace("<str:conversation_id>", "3f1c1a52-7a3e-4c1e-9a43-9d7e2f0e1b11")
+        route = route.replace("<path:digest>", "sha256:" + "0" * 64)
+        paths.append(f"/{route}")
+    return paths
+
+
+def test_a_forged_root_path_header_never_skips_the_key(keyed, ollama):
+    paths = _protected_paths()
+    assert "/api/chat-optimized" in paths and "/metrics" in paths and "/v1/chat/completions" in paths
+    answered = []
+    body = {"model": MODEL, "messages": messages("forged"), "prompt": "forged"}
+    with keyed.client() as client:
+        for prefix in PUBLIC_PREFIXES:
+            forged = {"Daphne-Root-Path": prefix.rstrip("/")}
+            for path in paths:
+                for url in (path, prefix.rstrip("/") + path):
+                    for method in ("GET", "POST"):
+                        r = client.request(method, url, json=body, headers=forged)
+                        to_login = r.status_code == 302 and "/admin/login/" in r.headers["location"]
+                        if r.status_code not in (401, 403, 404) and not to_login:
+                            answered.append((method, url, prefix, r.status_code))
+        with_key = client.get("/api/chat-queue", headers={**as_(ALICE), "Daphne-Root-Path": "/health"})
+    assert answered == []
+    assert ollama.generation_requests() == []
+    assert with_key.status_code == 200  # the header changes nothing for a request with a key
