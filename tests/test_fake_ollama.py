@@ -134,3 +134,39 @@ def test_refuse_closes_the_port_and_reset_reopens_it(ollama):
         httpx.get(f"{ollama.url}/api/version")
     ollama.reset()
     assert httpx.get(f"{ollama.url}/api/version").json()["version"]
+
+
+def test_standalone_module_serves_the_chosen_models():
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "tests.fake_ollama", "--port", str(port), "--models", "all"]
+    proc = subprocess.Popen(
+        [*command, "--token-count", "3"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().startswith(f"Ollama emulator on http://127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                names = [m["name"] for m in httpx.get(f"{url}/api/tags").json()["models"]]
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert "nomic-embed-text:latest" in names and "qwen3:0.6b" in names
+        r = httpx.post(f"{url}/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES}, timeout=10)
+        assert r.json()["usage"]["completion_tokens"] == 3
+        config = httpx.post(f"{url}/_emulator/config", json={"max_loaded_models": 1}).json()["settings"]
+        assert config["max_loaded_models"] == 1
+        assert httpx.get(f"{url}/_emulator/stats").json()["generations"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
