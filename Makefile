@@ -17,7 +17,7 @@ $(VENV)/.runtime: requirements.txt
 	$(PIP) install --quiet --disable-pip-version-check -r requirements.txt
 	@touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-clients.txt
 	$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
@@ -78,12 +78,16 @@ soak: $(VENV)/.dev $(RUNTIME_VENV)/.runtime
 # dependencies (--strict: a dependency it could not look up is a failure, not a silent pass).
 audit: $(VENV)/.dev
 	$(PIP) install --quiet --disable-pip-version-check bandit==1.9.4 pip-audit==2.10.1
-	$(VENV)/bin/bandit -q -r chat queueing stats chatbot_site
+	$(VENV)/bin/bandit -q -r core stats chat queueing gateway ops chatbot_site
 	$(VENV)/bin/pip-audit --strict -r requirements.txt
 
+# Lint, formatting, types (mypy with django-stubs, configured in pyproject.toml) and migrations that
+# the models need but nobody wrote.
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	env -u REDIS_URL -u DATABASE_URL $(PY) manage.py makemigrations --check --dry-run
 
 format: $(VENV)/.dev
 	$(VENV)/bin/ruff format .

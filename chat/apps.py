@@ -10,7 +10,7 @@ class ChatConfig(AppConfig):
     verbose_name = "Chat"
 
     def ready(self) -> None:
-        from chatbot_site import runtime
+        from core import runtime
 
         runtime.on_start(_prepare_for_requests)
 
@@ -20,7 +20,7 @@ def _prepare_for_requests(loop: asyncio.AbstractEventLoop) -> None:
     context loads the CA bundle) and the blocking pool's database connection."""
     from django.db import connection
 
-    from chat.ollama import open_client
+    from core.ollama import open_client
 
     open_client(loop)
     loop.run_in_executor(None, connection.ensure_connection)

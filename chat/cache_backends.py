@@ -32,7 +32,8 @@ class UpsertDatabaseCache(DatabaseCache):
         connection = connections[db]
         quote = connection.ops.quote_name
         encoded = base64.b64encode(pickle.dumps(value, self.pickle_protocol)).decode("latin1")
-        table, ckey, cvalue, cexp = quote(self._table), quote("cache_key"), quote("value"), quote("expires")
+        table = quote(self._table)  # type: ignore[attr-defined]  # DatabaseCache's own, not in its stubs
+        ckey, cvalue, cexp = quote("cache_key"), quote("value"), quote("expires")
         sql = (
             f"INSERT INTO {table} ({ckey}, {cvalue}, {cexp}) VALUES (%s, %s, %s) "  # noqa: S608 - identifiers from settings
             f"ON CONFLICT ({ckey}) DO UPDATE SET {cvalue} = excluded.{cvalue}, {cexp} = excluded.{cexp}"

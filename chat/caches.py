@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,10 +97,18 @@ class SizedCache:
     """A Django cache alias bounded in bytes with least-recently-used eviction."""
 
     def __init__(
-        self, alias: str, *, setting_prefix: str, hits: str, misses: str, evictions: str, sliding: bool
+        self,
+        alias: str,
+        *,
+        max_size_mb: Callable[[], float],
+        ttl_seconds: Callable[[], int],
+        hits: str,
+        misses: str,
+        evictions: str,
+        sliding: bool,
     ) -> None:
         self.alias = alias
-        self.setting_prefix = setting_prefix  # reads <prefix>_MAX_SIZE_MB and <prefix>_TTL_SECONDS
+        self._max_size_mb, self._ttl_seconds = max_size_mb, ttl_seconds  # read at call time
         self.hits, self.misses, self.evictions = hits, misses, evictions
         self.sliding = sliding  # a read renews the TTL (conversations), or not (responses)
         self._evicted_at = 0.0  # when this process last checked the byte limit
@@ -107,11 +116,11 @@ class SizedCache:
 
     @property
     def max_bytes(self) -> int:
-        return int(getattr(settings, f"{self.setting_prefix}_MAX_SIZE_MB") * 1024 * 1024)
+        return int(self._max_size_mb() * 1024 * 1024)
 
     @property
     def ttl_seconds(self) -> int:
-        return int(getattr(settings, f"{self.setting_prefix}_TTL_SECONDS"))
+        return int(self._ttl_seconds())
 
     def get(self, key: str, *, count: bool = True) -> Any | None:
         """The stored value, or None (a miss, an expired entry or a failing backend)."""
@@ -229,7 +238,8 @@ class SizedCache:
 
 response_cache = SizedCache(
     RESPONSES,
-    setting_prefix="RESPONSE_CACHE",
+    max_size_mb=lambda: settings.CACHE_MAX_SIZE_MB,
+    ttl_seconds=lambda: settings.CACHE_TTL_SECONDS,
     hits=counters.RESPONSE_HITS,
     misses=counters.RESPONSE_MISSES,
     evictions=counters.RESPONSE_EVICTIONS,
@@ -237,7 +247,8 @@ response_cache = SizedCache(
 )
 conversation_cache = SizedCache(
     CONVERSATIONS,
-    setting_prefix="CONVERSATION_CACHE",
+    max_size_mb=lambda: settings.CONVERSATION_CACHE_MAX_SIZE_MB,
+    ttl_seconds=lambda: settings.CONVERSATION_CACHE_TTL_SECONDS,
     hits=counters.CONVERSATION_HITS,
     misses=counters.CONVERSATION_MISSES,
     evictions=counters.CONVERSATION_EVICTIONS,
@@ -247,6 +258,6 @@ conversation_cache = SizedCache(
 
 def store_response(*, key: str, endpoint: str, model: str, chunks: list[str], final: dict[str, Any]) -> bool:
     """Cache a complete, successful generation so a hit replays it chunk for chunk."""
-    if not settings.RESPONSE_CACHE_ENABLED:
+    if not settings.CACHE_ENABLED:
         return False
     return response_cache.set(key, {"endpoint": endpoint, "model": model, "chunks": chunks, "final": final})

@@ -1,4 +1,4 @@
-"""The ASGI application: Django's HTTP app, and the queue worker on the ``chat-worker`` channel."""
+"""The ASGI application: Django's HTTP app (the embedded queue worker starts with the server)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatbot_site.settings")
 django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application
 
 # These need Django set up first.
-from channels.routing import ChannelNameRouter, ProtocolTypeRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from chatbot_site.handler import ApiASGIHandler  # noqa: E402
-from chatbot_site.runtime import start_process, stop_process  # noqa: E402
+from core.runtime import start_process, stop_process  # noqa: E402
 
 django_app = ApiASGIHandler()
-from queueing.consumers import SchedulerConsumer  # noqa: E402
 
 
 class HttpEntry:
@@ -42,18 +41,16 @@ class HttpEntry:
         await self.app(scope, receive, send)
 
 
-application = ProtocolTypeRouter(
-    {
-        "http": HttpEntry(django_app),
-        "channel": ChannelNameRouter({settings.QUEUE_WORKER_CHANNEL: SchedulerConsumer.as_asgi()}),
-    }
-)
+application = ProtocolTypeRouter({"http": HttpEntry(django_app)})
 
 if "twisted.internet.reactor" in sys.modules:
     # Under daphne: start as soon as the reactor runs, so queued work is picked up without waiting
     # for a first request (callLater(0, ...) is needed: called directly it fails silently), and on
     # SIGTERM hand queued work back before the reactor stops.
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor  # twisted's stubs type the module as an interface
 
     reactor.callWhenRunning(lambda: reactor.callLater(0, lambda: start_process(asyncio.get_event_loop())))
     reactor.addSystemEventTrigger(

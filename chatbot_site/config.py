@@ -1,7 +1,10 @@
 """The one place that reads configuration: ``config.toml`` (or ``CONFIG_PATH``), then env overrides.
 
 Every key is declared once below, with its type, default, environment variable and range. The loader
-turns the file plus the environment into frozen dataclasses; ``settings.py`` is its only caller. A
+turns the file plus the environment into frozen dataclasses; ``settings.py`` is its only caller, and
+turns every key into the Django setting named like its environment variable (``[queue]
+max_queue_size`` is ``QUEUE_MAX_QUEUE_SIZE`` in the file's comments, the environment and
+``django.conf.settings``). A
 missing file, an unknown key or a bad value raises :class:`ConfigError` whose message is one line
 naming the key, the value and where it came from.
 """
@@ -19,6 +22,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 import environ
+
+from core.values import keep_alive_problem
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = BASE_DIR / "config.toml"
@@ -59,17 +64,6 @@ def optional_url(*schemes: str) -> Check:
         return None if scheme in schemes else f"must be empty or a URL with scheme {'/'.join(schemes)}"
 
     return check
-
-
-# Ollama accepts a number of seconds (negative = forever) or a Go duration string such as "15m".
-_DURATION = re.compile(r"^-?(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
-
-
-def keep_alive(value: Any) -> str | None:
-    text = str(value).strip()
-    if re.fullmatch(r"-?\d+", text) or _DURATION.match(text):
-        return None
-    return 'must be seconds (e.g. 900, -1 for forever) or a duration such as "15m" or "1h30m"'
 
 
 _LEVELS = {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}
@@ -151,7 +145,7 @@ class ServerConfig:
 class OllamaConfig:
     api_url: str = setting("http://localhost:11434", "OLLAMA_API_URL", http_url)
     model: str = setting("deepseek-r1:8b", "OLLAMA_MODEL", nonempty)
-    keep_alive: str = setting("15m", "OLLAMA_KEEP_ALIVE", keep_alive)
+    keep_alive: str = setting("15m", "OLLAMA_KEEP_ALIVE", keep_alive_problem)
     warm_on_start: bool = setting(False, "OLLAMA_WARM_ON_START")
     connect_timeout_seconds: float = setting(5.0, "OLLAMA_CONNECT_TIMEOUT_SECONDS", between(0.1, 300))
     first_token_timeout_seconds: float = setting(
@@ -275,6 +269,15 @@ SECTIONS: dict[str, type] = {
 }
 
 
+def as_settings(config: Config) -> dict[str, Any]:
+    """Every key as a Django setting named by its environment variable (one name per knob)."""
+    return {
+        f.metadata["env"]: getattr(getattr(config, section), f.name)
+        for section, cls in SECTIONS.items()
+        for f in fields(cls)
+    }
+
+
 def env_names() -> dict[str, str]:
     """Map every override variable to its ``[section] key`` (used by the docs test)."""
     return {
@@ -382,7 +385,7 @@ def load_config(environ_map: Mapping[str, str] | None = None) -> Config:
                 except TypeError as exc:
                     raise ConfigError(f"[{section}] {f.name} = {raw!r} (from {where}): {exc}") from None
             else:
-                where, raw, value = "default", f.default, f.default
+                where, raw, value = "default", str(f.default), f.default
             if kind is list:
                 value = list(value)
             check = f.metadata["check"]

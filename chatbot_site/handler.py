@@ -3,7 +3,7 @@
 Django runs each request inside asgiref's ``ThreadSensitiveContext``: the first thread-sensitive
 call of the request (the ``request_started`` receivers, then ``response.close()``) starts a new
 one-thread executor, and the context shuts it down when the request ends. Our API views are async
-and do their blocking work on ``runtime.run_blocking``'s pool, so for them that thread was only
+and do their blocking work on ``core.runtime.run_blocking``'s pool, so for them that thread was only
 overhead: creating, using and joining a thread per request. API requests run without the context;
 their few thread-sensitive calls go to asgiref's one shared thread. The admin and the other sync
 views (``FULL_STACK_PREFIXES``) keep Django's per-request context.
@@ -15,7 +15,7 @@ from typing import Any
 
 from django.core.handlers.asgi import ASGIHandler
 
-from chat.middleware import FULL_STACK_PREFIXES
+from gateway.middleware import FULL_STACK_PREFIXES
 
 
 class ApiASGIHandler(ASGIHandler):

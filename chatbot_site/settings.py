@@ -1,5 +1,9 @@
 """Django settings: built from ``chatbot_site.config`` and nothing else.
 
+Every config key becomes the setting named like its environment variable (``QUEUE_MAX_CONCURRENT``,
+``CACHE_TTL_SECONDS``...), generated from the config spec below, so one knob has one name. A few are
+then resolved in place (a generated secret key, the thread count that 0 picks, the API key table).
+
 Two deployments come out of one file. Nothing set: SQLite, caches in the SQLite file (shared by
 every process on the machine), the in-memory channel layer and the queue worker inside the server.
 ``REDIS_URL`` moves the caches (django-redis) and the channel layer (channels_redis) to Redis;
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import environ
 
-from chatbot_site.config import BASE_DIR, ConfigError, load_config, parse_log_levels
+from chatbot_site.config import BASE_DIR, ConfigError, as_settings, load_config, parse_log_levels
 
 try:
     CONFIG = load_config()
@@ -22,6 +26,8 @@ except ConfigError as exc:
     # One line, no traceback: the operator needs the key, the value and where it came from.
     sys.stderr.write(f"chatbot-backend: config error: {exc}\n")
     raise SystemExit(2) from None
+
+globals().update(as_settings(CONFIG))
 
 DATA_DIR = BASE_DIR / "data"
 
@@ -39,16 +45,6 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
-DEBUG = CONFIG.security.debug
-ALLOWED_HOSTS = CONFIG.security.allowed_hosts
-CSRF_TRUSTED_ORIGINS = CONFIG.security.csrf_trusted_origins
-ADMIN_TOKEN = CONFIG.security.admin_token
-# name -> hex SHA-256 of the key; only hashes are ever configured.
-API_KEYS = dict(line.split(":", 1) for line in CONFIG.security.api_keys)
-SHARED_CACHE = CONFIG.security.shared_cache
-RATE_LIMIT_PER_MINUTE = CONFIG.security.rate_limit_per_minute
-MAX_CONCURRENT_STREAMS = CONFIG.security.max_concurrent_streams
-CORS_ALLOWED_ORIGINS = CONFIG.security.cors_allowed_origins
 CORS_ALLOW_CREDENTIALS = False  # never credentials across origins: API keys travel in headers
 CORS_URLS_REGEX = r"^/(api|v1)/.*$"
 CORS_ALLOW_HEADERS = ("authorization", "content-type", "idempotency-key", "x-request-id")
@@ -64,27 +60,27 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "corsheaders",
     # Before channels: our `runworker` (the queue worker's start-up and SIGTERM handling) must win.
+    "stats",
     "chat",
     "queueing",
-    "stats",
+    "ops",
     "channels",
 ]
 
 # The API's request path is async end to end: Django's own (sync) middlewares run only for the admin
-# and the operator endpoint (chat.middleware.OnlyWhereNeeded), each costing a thread hop there.
+# and the operator endpoint (gateway.middleware.OnlyWhereNeeded), each costing a thread hop there.
 MIDDLEWARE = [
-    "chat.middleware.RequestIdMiddleware",
-    "stats.middleware.MetricsMiddleware",
-    "chat.middleware.ApiHeadersMiddleware",
+    "gateway.middleware.RequestIdMiddleware",
+    "gateway.middleware.MetricsMiddleware",
+    "gateway.middleware.ApiHeadersMiddleware",
     *(["corsheaders.middleware.CorsMiddleware"] if CONFIG.security.cors_allowed_origins else []),
-    "chat.middleware.ApiKeyMiddleware",
-    "chat.middleware.Security",
-    "chat.middleware.Sessions",
-    "chat.middleware.Common",
-    "chat.middleware.Csrf",
-    "chat.middleware.Authentication",
-    "chat.middleware.Messages",
-    "chat.middleware.Clickjacking",
+    "gateway.middleware.Security",
+    "gateway.middleware.Sessions",
+    "gateway.middleware.Common",
+    "gateway.middleware.Csrf",
+    "gateway.middleware.Authentication",
+    "gateway.middleware.Messages",
+    "gateway.middleware.Clickjacking",
 ]
 
 ROOT_URLCONF = "chatbot_site.urls"
@@ -113,22 +109,23 @@ if CONFIG.database.url:
     DATABASES = {"default": environ.Env.db_url_config(CONFIG.database.url)}
     DATABASES["default"].update({"CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True})
 else:
-    SQLITE_PATH = Path(CONFIG.database.sqlite_path)
-    if not SQLITE_PATH.is_absolute():
-        SQLITE_PATH = BASE_DIR / SQLITE_PATH
-    SQLITE_PATH.parent.mkdir(parents=True, exist_ok=True)
+    _sqlite_file = Path(CONFIG.database.sqlite_path)
+    if not _sqlite_file.is_absolute():
+        _sqlite_file = BASE_DIR / _sqlite_file
+    _sqlite_file.parent.mkdir(parents=True, exist_ok=True)
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": str(SQLITE_PATH),
-            # WAL + IMMEDIATE + a busy timeout: several processes writing at once get 0 "database
-            # is locked" errors (measured; see shared/PLATFORM-FACTS.md), where the defaults fail.
+            "NAME": str(_sqlite_file),
+            # WAL + IMMEDIATE + a busy timeout: several processes writing at once got 0 "database
+            # is locked" errors in 1,500 transactions measured here, where the defaults failed 75
+            # of 600.
             "OPTIONS": {
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
-            "TEST": {"NAME": str(SQLITE_PATH.with_name("test_" + SQLITE_PATH.name))},
+            "TEST": {"NAME": str(_sqlite_file.with_name("test_" + _sqlite_file.name))},
             # Keep each thread's connection: opening one per call cost more than the query.
             "CONN_MAX_AGE": None,
         }
@@ -136,13 +133,11 @@ else:
 
 # --- caches ------------------------------------------------------------------------------------
 
-REDIS_URL = CONFIG.redis.url
-REDIS_KEY_PREFIX = CONFIG.redis.key_prefix
 # The service bounds the response and conversation caches in bytes itself (chat.caches), so the
 # backends' own entry-count culling is pushed out of the way.
-_UNBOUNDED = {"MAX_ENTRIES": 10**12}
+_UNBOUNDED: dict[str, object] = {"MAX_ENTRIES": 10**12}
 
-if REDIS_URL:
+if CONFIG.redis.url:
     _redis_options = {
         "CLIENT_CLASS": "django_redis.client.DefaultClient",
         # Fail fast when Redis is down: the caches are bypassed, requests are still answered.
@@ -152,8 +147,8 @@ if REDIS_URL:
     CACHES = {
         alias: {
             "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": REDIS_URL,
-            "KEY_PREFIX": f"{REDIS_KEY_PREFIX}:{alias}",
+            "LOCATION": CONFIG.redis.url,
+            "KEY_PREFIX": f"{CONFIG.redis.key_prefix}:{alias}",
             "TIMEOUT": None,
             "OPTIONS": _redis_options,
         }
@@ -165,8 +160,8 @@ if REDIS_URL:
             "CONFIG": {
                 # redis-py 8 times reads out after 5 s by default, exactly channels_redis's blocking
                 # receive timeout (5 s): the receive then fails. Give reads more room than that.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 2}],
-                "prefix": f"{REDIS_KEY_PREFIX}:channels",
+                "hosts": [{"address": CONFIG.redis.url, "socket_timeout": 15, "socket_connect_timeout": 2}],
+                "prefix": f"{CONFIG.redis.key_prefix}:channels",
                 "capacity": 10_000,
                 "expiry": 60,
             },
@@ -192,61 +187,25 @@ else:
     }
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "chatbot_site.layers.LocalChannelLayer",  # channels' in-memory layer, leaner
+            "BACKEND": "core.channel_layer.LocalChannelLayer",  # channels' in-memory layer, leaner
             # The default capacity (100) silently drops group messages from a slow listener.
             "CONFIG": {"capacity": 10_000, "expiry": 60},
         }
     }
 
-# --- the service -------------------------------------------------------------------------------
+# --- the service: resolved values and fixed names --------------------------------------------------
 
-SERVER_HOST = CONFIG.server.host
-SERVER_PORT = CONFIG.server.port
 # 0 (the default) picks by database: SQLite has one writer and the GIL runs one thread at a time,
 # so one thread measured fastest (no busy waits, no thread switches); PostgreSQL works in parallel.
 SERVER_WORKERS = CONFIG.server.workers or (4 if CONFIG.database.url else 1)
-SSE_HEARTBEAT_SECONDS = CONFIG.server.sse_heartbeat_seconds
-SERVER_ROOT_PATH = CONFIG.server.root_path
-
 OLLAMA_API_URL = CONFIG.ollama.api_url.rstrip("/")
-OLLAMA_MODEL = CONFIG.ollama.model
-OLLAMA_KEEP_ALIVE = CONFIG.ollama.keep_alive
-OLLAMA_WARM_ON_START = CONFIG.ollama.warm_on_start
-OLLAMA_CONNECT_TIMEOUT_SECONDS = CONFIG.ollama.connect_timeout_seconds
-OLLAMA_FIRST_TOKEN_TIMEOUT_SECONDS = CONFIG.ollama.first_token_timeout_seconds
-OLLAMA_IDLE_TIMEOUT_SECONDS = CONFIG.ollama.idle_timeout_seconds
-OLLAMA_GENERATION_TIMEOUT_SECONDS = CONFIG.ollama.generation_timeout_seconds
-
-RESPONSE_CACHE_ENABLED = CONFIG.cache.enabled
-RESPONSE_CACHE_MAX_SIZE_MB = CONFIG.cache.max_size_mb
-RESPONSE_CACHE_TTL_SECONDS = CONFIG.cache.ttl_seconds
-CONVERSATION_CACHE_MAX_SIZE_MB = CONFIG.conversation_cache.max_size_mb
-CONVERSATION_CACHE_TTL_SECONDS = CONFIG.conversation_cache.ttl_seconds
-
-BATCH_MAX_SIZE = CONFIG.batch.max_batch_size
-BATCH_TIMEOUT_MS = CONFIG.batch.batch_timeout_ms
-BATCH_DEDUPLICATION = CONFIG.batch.enable_deduplication
-
-QUEUE_MAX_CONCURRENT = CONFIG.queue.max_concurrent
-QUEUE_MAX_SIZE = CONFIG.queue.max_queue_size
-QUEUE_EMBEDDED_WORKER = CONFIG.queue.embedded_worker
-QUEUE_LEASE_SECONDS = CONFIG.queue.lease_seconds
-QUEUE_MAX_ATTEMPTS = CONFIG.queue.max_attempts
-QUEUE_POLL_INTERVAL_MS = CONFIG.queue.poll_interval_ms
-QUEUE_PRIORITY_AGING_SECONDS = CONFIG.queue.priority_aging_seconds
 QUEUE_WORKER_CHANNEL = "chat-worker"
 
 # Counters are written by a background thread (stats.counters); the test process writes on read.
 COUNTERS_BACKGROUND_FLUSH = True
 
-LIMITS_MAX_BODY_BYTES = CONFIG.limits.max_body_bytes
-LIMITS_MAX_MESSAGES = CONFIG.limits.max_messages
-LIMITS_MAX_MESSAGE_CHARS = CONFIG.limits.max_message_chars
-LIMITS_MAX_PRIORITY = CONFIG.limits.max_priority
 # Reading a larger body raises RequestDataTooBig, which the API answers with 413.
-DATA_UPLOAD_MAX_MEMORY_SIZE = LIMITS_MAX_BODY_BYTES
-
-UI_ENABLED = CONFIG.ui.enabled
+DATA_UPLOAD_MAX_MEMORY_SIZE = CONFIG.limits.max_body_bytes
 
 # --- security: strict when TLS is terminated in front of us --------------------------------------
 
@@ -276,7 +235,7 @@ _ROOT_LEVEL, _MODULE_LEVELS = parse_log_levels(CONFIG.logging.level)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "chat.logs.RequestIdFilter"}},
+    "filters": {"request_id": {"()": "core.logs.RequestIdFilter"}},
     "formatters": {
         "line": {
             "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",

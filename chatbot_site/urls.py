@@ -10,12 +10,13 @@ from django.contrib.staticfiles.views import serve as staticfiles_serve
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
-from chat import ollama_api, openai_api
-from chat import views as chat_views
-from chat.errors import json_error
-from chatbot_site.openapi import schema_view
-from queueing import views as queue_views
-from stats import views as stats_views
+from gateway.http import json_error
+from gateway.openapi import schema_view
+from gateway.views import chat as chat_views
+from gateway.views import ollama as ollama_api
+from gateway.views import openai as openai_api
+from gateway.views import queue as queue_views
+from ops import views as stats_views
 
 
 def static(request: HttpRequest, path: str) -> Any:

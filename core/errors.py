@@ -1,13 +1,25 @@
-"""The exception tree and the one JSON error shape: ``{"error": "<sentence>", "code": "<snake_case>"}``.
+"""The exception tree. Every error a client can see is an :class:`ApiError`: HTTP status, stable
+snake_case code, a human sentence; each surface renders it in its own dialect (``gateway.http``).
 
-Services raise these; interfaces turn them into responses with :func:`error_response` (or into one
-SSE ``event: error`` frame mid-stream). Ollama's failures are translated at the client boundary
-(``chat.ollama``) into the ``Ollama*`` subclasses.
+    ApiError
+    ├── BadRequest            400 bad_request (and the field-naming invalid_* codes)
+    ├── Unauthorized          401 authentication_required, invalid_api_key (WWW-Authenticate)
+    ├── NotFound              404 not_found
+    ├── Conflict              409 conflict
+    ├── PayloadTooLarge       413 payload_too_large
+    ├── TooManyRequests       429 too_many_requests (queue_full, rate_limited, too_many_streams)
+    └── OllamaError           502 ollama_error: raised only at the Ollama client boundary
+        ├── OllamaUnavailable 502 ollama_unavailable (refused, reset, DNS)
+        ├── OllamaTimeout     504 ollama_timeout (connect, first token, idle, whole generation)
+        ├── OllamaModelNotFound 404 model_not_found
+        ├── OllamaBadResponse 502 ollama_bad_response (malformed or cut stream)
+        └── OllamaBusy        503 ollama_busy, Retry-After
+
+Ollama's failures are translated into the ``Ollama*`` classes in ``core.ollama``; nothing above it
+sees httpx.
 """
 
 from __future__ import annotations
-
-from django.http import JsonResponse
 
 
 class ApiError(Exception):
@@ -40,6 +52,12 @@ class ApiError(Exception):
 
 class BadRequest(ApiError):
     status, code = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    """No API key, or a wrong one: answered with ``WWW-Authenticate: Bearer``."""
+
+    status, code = 401, "authentication_required"
 
 
 class NotFound(ApiError):
@@ -84,19 +102,6 @@ class OllamaBusy(OllamaError):
     status, code = 503, "ollama_busy"
     # Ollama sends no Retry-After with its 503; a short back-off is what its own clients do.
     retry_after = 2
-
-
-def error_response(exc: ApiError) -> JsonResponse:
-    """The JSON response for an :class:`ApiError` (with ``Retry-After`` when it carries one)."""
-    response = JsonResponse(exc.as_dict(), status=exc.status)
-    if exc.retry_after is not None:
-        response["Retry-After"] = str(exc.retry_after)
-    return response
-
-
-def json_error(status: int, code: str, message: str) -> JsonResponse:
-    """An error response for the framework's own failures (404, 500, bad host...)."""
-    return error_response(ApiError(message, code=code, status=status))
 
 
 def error_from_code(code: str, message: str) -> ApiError:

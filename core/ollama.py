@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
-from chat.errors import (
+from core.errors import (
     OllamaBadResponse,
     OllamaBusy,
     OllamaError,
@@ -98,7 +98,7 @@ class OllamaClient:
 
     async def load(self, model: str, keep_alive: str | int | float) -> dict[str, Any]:
         """Load a model (empty chat) and keep it for ``keep_alive``; returns Ollama's answer."""
-        payload = {"model": model, "messages": [], "keep_alive": keep_alive_param(keep_alive)}
+        payload: dict[str, Any] = {"model": model, "messages": [], "keep_alive": keep_alive_param(keep_alive)}
         return await self._json("POST", "/api/chat", payload, timeout=self.first_token_timeout)
 
     async def request_json(

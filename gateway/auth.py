@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
 
 from django.conf import settings
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseBase
 from django.middleware.csrf import CsrfViewMiddleware
 
-from chat.errors import ApiError
+from core.errors import ApiError, Unauthorized
 
 
-def _no_view(request: HttpRequest) -> None:  # pragma: no cover - never called
-    return None
+def _no_view(request: HttpRequest) -> HttpResponseBase:  # pragma: no cover - never called
+    raise AssertionError("the CSRF check only inspects the request")
 
 
 async def require_operator(request: HttpRequest) -> str:
@@ -48,12 +49,22 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+@functools.cache
+def _key_table(lines: tuple[str, ...]) -> dict[str, str]:
+    """``[security] api_keys`` lines ("name:<sha256>") as name -> hash."""
+    return dict(line.split(":", 1) for line in lines)
+
+
+def key_table() -> dict[str, str]:
+    return _key_table(tuple(settings.API_KEYS))
+
+
 def owner_for_key(presented: str) -> str | None:
     """The name of the configured key ``presented`` is, or None. Compares with every key in
     constant time, so the timing reveals neither which key nor how much of it matched."""
     digest = hash_key(presented).encode()
     found = None
-    for name, expected in settings.API_KEYS.items():
+    for name, expected in key_table().items():
         if hmac.compare_digest(digest, expected.encode()):
             found = name
     return found
@@ -61,3 +72,17 @@ def owner_for_key(presented: str) -> str | None:
 
 def new_api_key() -> str:
     return "cbk_" + secrets.token_urlsafe(32)
+
+
+def authenticate(request: HttpRequest) -> str:
+    """The owner a request acts for: the name of its API key when keys are configured (401
+    otherwise), else the anonymous owner ""."""
+    if not settings.API_KEYS:
+        return ""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise Unauthorized("This API needs an API key: Authorization: Bearer <key>.")
+    owner = owner_for_key(presented.strip())
+    if owner is None:
+        raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+    return owner

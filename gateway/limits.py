@@ -13,8 +13,8 @@ from django.conf import settings
 from django.core.cache import caches
 from django.http import HttpResponseBase
 
-from chat.errors import TooManyRequests, error_response
-from chatbot_site.runtime import run_blocking
+from core.errors import TooManyRequests
+from core.runtime import run_blocking
 
 logger = logging.getLogger(__name__)
 
@@ -35,24 +35,20 @@ def _count(key: str, delta: int, ttl: int) -> int:
         return 0
 
 
-async def check_rate(identity: str) -> HttpResponseBase | None:
-    """A 429 with Retry-After when ``identity`` used up this minute's requests, else None."""
+async def check_rate(identity: str) -> None:
+    """Raise a 429 with Retry-After when ``identity`` used up this minute's requests."""
     limit = settings.RATE_LIMIT_PER_MINUTE
     if not limit:
-        return None
+        return
     now = time.time()
     minute = int(now // 60)
     used = await run_blocking(_count, f"ratelimit:{identity}:{minute}", 1, 120)
-    if used <= limit:
-        return None
-    retry_after = max(1, math.ceil((minute + 1) * 60 - now))
-    return error_response(
-        TooManyRequests(
+    if used > limit:
+        raise TooManyRequests(
             f"Rate limit of {limit} requests per minute reached.",
             code="rate_limited",
-            retry_after=retry_after,
+            retry_after=max(1, math.ceil((minute + 1) * 60 - now)),
         )
-    )
 
 
 async def limit_stream(identity: str, response: HttpResponseBase) -> HttpResponseBase:
@@ -63,12 +59,10 @@ async def limit_stream(identity: str, response: HttpResponseBase) -> HttpRespons
     if open_now > settings.MAX_CONCURRENT_STREAMS:
         await run_blocking(_count, key, -1, 3600)
         await _close(response)
-        return error_response(
-            TooManyRequests(
-                f"At most {settings.MAX_CONCURRENT_STREAMS} concurrent streams per client.",
-                code="too_many_streams",
-                retry_after=1,
-            )
+        raise TooManyRequests(
+            f"At most {settings.MAX_CONCURRENT_STREAMS} concurrent streams per client.",
+            code="too_many_streams",
+            retry_after=1,
         )
     content = response.streaming_content  # type: ignore[attr-defined]
 

@@ -1,13 +1,16 @@
-"""Request ids in every log line and X-Request-ID; Django's own middlewares only where they are needed."""
+"""The API's middleware: request ids in every log line and X-Request-ID, request metrics, the host
+check and safe headers, and Django's own middlewares only where they are needed. Who may call a
+view is declared on the view (``gateway.http.api_view``), not here."""
 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from asgiref.sync import iscoroutinefunction
-from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
@@ -18,11 +21,11 @@ from django.middleware.common import CommonMiddleware
 from django.middleware.csrf import CsrfViewMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.utils.decorators import async_only_middleware, sync_and_async_middleware
+from django.utils.deprecation import MiddlewareMixin
 
-from chat import rate_limits
-from chat.auth import owner_for_key
-from chat.errors import json_error
-from chat.logs import request_id_var
+from core.logs import request_id_var
+from gateway.http import json_error
+from stats.metrics import endpoint_of, observe_request
 
 # A client may pass its own id (a proxy's, say) if it looks like one; anything else is replaced.
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -44,7 +47,7 @@ def RequestIdMiddleware(  # noqa: N802 - Django middleware factories are named l
 
         async def middleware(request: HttpRequest) -> HttpResponseBase:
             rid = _assign(request)
-            response = await get_response(request)  # type: ignore[misc]
+            response = await cast(Awaitable[HttpResponseBase], get_response(request))
             response["X-Request-ID"] = rid
             return response
 
@@ -59,6 +62,21 @@ def RequestIdMiddleware(  # noqa: N802 - Django middleware factories are named l
     return middleware
 
 
+@async_only_middleware
+def MetricsMiddleware(  # noqa: N802 - Django middleware factories are named like classes
+    get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]],
+) -> Callable[[HttpRequest], Awaitable[HttpResponseBase]]:
+    """Counts and times every request for /metrics (the process's own timings)."""
+
+    async def middleware(request: HttpRequest) -> HttpResponseBase:
+        started = time.perf_counter()
+        response = await get_response(request)
+        observe_request(endpoint_of(request), request.method or "", response.status_code, started)
+        return response
+
+    return middleware
+
+
 # --- keeping the API's request path free of thread hops ---------------------------------------------
 
 # Django's own middlewares are sync at heart: under ASGI each costs a thread hop per request (and the
@@ -68,18 +86,17 @@ def RequestIdMiddleware(  # noqa: N802 - Django middleware factories are named l
 FULL_STACK_PREFIXES = ("/admin/", "/static/", "/api/cache-stats")
 
 
-class OnlyWhereNeeded:
+class OnlyWhereNeeded(MiddlewareMixin):
     """Mixin: the Django middleware it precedes runs for FULL_STACK_PREFIXES paths only.
 
     The wrappers subclass Django's classes, so the admin's system checks still find them.
     """
 
-    get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]]
-
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         if request.path_info.startswith(FULL_STACK_PREFIXES):
-            return await super().__acall__(request)  # type: ignore[misc]
-        return await self.get_response(request)
+            return await super().__acall__(request)
+        get_response = cast(Callable[[HttpRequest], Awaitable[HttpResponseBase]], self.get_response)
+        return await get_response(request)
 
 
 class Security(OnlyWhereNeeded, SecurityMiddleware):
@@ -124,60 +141,6 @@ def ApiHeadersMiddleware(  # noqa: N802 - Django middleware factories are named 
         response = await get_response(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
-        return response
-
-    return middleware
-
-
-# --- API keys and rate limits ------------------------------------------------------------------------
-
-_PUBLIC = ("/health", "/api/schema", "/admin/", "/static/")
-
-
-def _needs_key(request: HttpRequest) -> bool:
-    # path_info is what the URL resolver routes on: the decision is made on the same path.
-    path = request.path_info
-    if path.startswith(_PUBLIC):
-        return False
-    if path == "/api/cache-stats" and request.method == "POST":
-        return False  # operators: a staff session or the admin token (chat.auth.require_operator)
-    return path.startswith(("/api/", "/v1/")) or path == "/metrics"
-
-
-def _unauthorized(message: str, code: str) -> HttpResponseBase:
-    response = json_error(401, code, message)
-    response["WWW-Authenticate"] = 'Bearer realm="chatbot-backend"'
-    return response
-
-
-@async_only_middleware
-def ApiKeyMiddleware(  # noqa: N802 - Django middleware factories are named like classes
-    get_response: Callable[[HttpRequest], Awaitable[HttpResponseBase]],
-) -> Callable[[HttpRequest], Awaitable[HttpResponseBase]]:
-    """With ``[security] api_keys`` set, the API needs ``Authorization: Bearer <key>``; the key's
-    name becomes the request's owner. Then the per-owner rate limits apply."""
-
-    async def middleware(request: HttpRequest) -> HttpResponseBase:
-        request.api_owner = ""  # type: ignore[attr-defined]
-        if not _needs_key(request):
-            return await get_response(request)
-        if settings.API_KEYS:
-            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not presented.strip():
-                return _unauthorized(
-                    "This API needs an API key: Authorization: Bearer <key>.", "authentication_required"
-                )
-            owner = owner_for_key(presented.strip())
-            if owner is None:
-                return _unauthorized("The API key is not valid.", "invalid_api_key")
-            request.api_owner = owner  # type: ignore[attr-defined]
-        identity = request.api_owner or f"addr:{request.META.get('REMOTE_ADDR', '')}"  # type: ignore[attr-defined]
-        limited = await rate_limits.check_rate(identity)
-        if limited is not None:
-            return limited
-        response = await get_response(request)
-        if response.streaming and settings.MAX_CONCURRENT_STREAMS:
-            return await rate_limits.limit_stream(identity, response)
         return response
 
     return middleware

@@ -1,225 +1,36 @@
-"""The chat service: composes the caches, the scheduler and live output. Views, admin, commands and
-the worker all go through here (or through ``queueing.services`` for plain queue transitions)."""
+"""The generation session every surface shares: a cache hit replayed, or an interactive job followed.
+
+``/api/chat-optimized``, Ollama's ``/api/chat`` and ``/api/generate`` and OpenAI's
+``/v1/chat/completions`` differ only in how they frame the events a session yields.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from django.conf import settings
-
-from chat import sse
-from chat.caches import conversation_cache, response_cache, response_key
-from chat.errors import ApiError, NotFound
-from chat.pump import Pump
-from chat.requests import ChatRequest
-from chatbot_site.runtime import run_blocking
+from chat.conversations import append_conversation, fit_history, get_conversation
+from core.errors import ApiError
+from core.generation import metrics
+from core.pump import Pump
+from core.runtime import run_blocking
+from gateway import payloads
+from gateway.schemas import ChatOptimizedBody
 from queueing import live
-from queueing import services as queue
-from queueing.models import Job, Kind
+from queueing.follow import follow_request
+from queueing.models import Kind
+from queueing.spec import JobSpec
+from queueing.submit import answer_or_enqueue, cancel
 from stats import counters
 
-logger = logging.getLogger(__name__)
-
-METRIC_KEYS = (
-    "total_duration",
-    "load_duration",
-    "prompt_eval_count",
-    "prompt_eval_duration",
-    "eval_count",
-    "eval_duration",
-)
 # How long a streaming request waits for its first token (or error) before the SSE response starts
 # anyway with queue-position frames. An error within it is a plain JSON error with its status.
 FIRST_EVENT_WAIT_SECONDS = 1.0
-
-
-def metrics(final: dict[str, Any]) -> dict[str, int]:
-    """Ollama's final-chunk metrics (nanoseconds and token counts), those it sent."""
-    return {key: final[key] for key in METRIC_KEYS if key in final}
-
-
-def chat_cache_key(req: ChatRequest, messages: list[dict[str, Any]], owner: str) -> str:
-    return response_key(
-        endpoint="chat",
-        model=req.model,
-        messages=messages,
-        options=req.options,
-        format=req.format,
-        owner=owner,
-    )
-
-
-def cached_entry(key: str, *, use_cache: bool) -> dict[str, Any] | None:
-    """The cached entry for ``key`` (counted as a hit or miss), or None when bypassed or missing."""
-    if not (use_cache and settings.RESPONSE_CACHE_ENABLED):
-        return None
-    return response_cache.get(key)
-
-
-def _answer_or_enqueue(key: str, *, use_cache: bool, **job: Any) -> dict[str, Any] | queue.Enqueued:
-    """The cached entry, or the request enqueued: one trip to the blocking pool for both."""
-    entry = cached_entry(key, use_cache=use_cache)
-    if entry is not None:
-        return entry
-    return queue.enqueue_request(cache_key=key, use_cache=use_cache, **job)
-
-
-# --- /api/chat-queue -----------------------------------------------------------------------------
-
-
-async def submit_queued(
-    req: ChatRequest, *, owner: str = "", idempotency_key: str | None = None
-) -> tuple[Job, dict[str, Any]]:
-    """``POST /api/chat-queue``: answer from the cache at once, or put the request in the queue.
-    Returns the request and its status block (one trip to the blocking pool for all of it)."""
-    key = chat_cache_key(req, req.messages, owner)
-    enqueued, status = await run_blocking(
-        _submit_blocking, req, key=key, owner=owner, idempotency_key=idempotency_key
-    )
-    if enqueued.created and not enqueued.joined and not enqueued.job.cached:
-        await live.wake_workers()
-    return enqueued.job, status
-
-
-def _submit_blocking(
-    req: ChatRequest, *, key: str, owner: str, idempotency_key: str | None
-) -> tuple[queue.Enqueued, dict[str, Any]]:
-    if idempotency_key:
-        existing = queue.find_by_idempotency_key(owner=owner, key=idempotency_key)
-        if existing is not None:
-            return queue.Enqueued(existing, created=False), queue.queue_status(existing)
-    counters.incr(counters.CHAT_REQUESTS)
-    common = {
-        "kind": Kind.QUEUED,
-        "endpoint": "chat",
-        "model": req.model,
-        "payload": req.ollama_payload(),
-        "priority": req.priority,
-        "owner": owner,
-        "idempotency_key": idempotency_key,
-    }
-    found = _answer_or_enqueue(key, use_cache=req.use_cache, **common)
-    if isinstance(found, dict):  # a cached answer completes the request at once
-        found = queue.Enqueued(queue.complete_from_cache(**common, cache_key=key, entry=found), created=True)
-    return found, queue.queue_status(found.job)
-
-
-async def cancel(job_id: uuid.UUID, *, owner: str | None, reason: str = "cancelled") -> Job:
-    """Cancel a request and, when no one else shares its generation, stop it upstream."""
-    result = await run_blocking(queue.cancel_request, job_id=job_id, owner=owner, reason=reason)
-    if result.stop_generation is not None:
-        await live.stop_generation(worker=result.stop_worker, generation_id=result.stop_generation)
-    await live.notify_jobs([result.job.id])
-    return result.job
-
-
-def cancel_many(job_ids: list[Any]) -> int:
-    """Cancel several requests from sync code (the admin action); returns how many were cancelled."""
-
-    async def run() -> int:
-        done = 0
-        for job_id in job_ids:
-            try:
-                await cancel(job_id, owner=None, reason="cancelled by an administrator")
-            except ApiError:
-                continue
-            done += 1
-        return done
-
-    return async_to_sync(run)()
-
-
-def result_body(job: Job) -> dict[str, Any]:
-    """A finished request's answer as the API shows it."""
-    final = job.result_final or {}
-    return {
-        "message": {"role": "assistant", "content": job.result_content},
-        "model": job.model,
-        "done_reason": job.done_reason or final.get("done_reason", ""),
-        "metrics": metrics(final),
-    }
-
-
-async def event_frames(
-    events: AsyncIterator[live.Event], *, cached: bool, **done_extra: Any
-) -> AsyncIterator[bytes]:
-    """Turn a request's events into SSE frames in the seed's format."""
-    async for event in events:
-        if event.kind == "chunk":
-            yield sse.content_frame(event.content, cached=cached)
-        elif event.kind == "position":
-            yield sse.frame(event.status, event="queue")
-        elif event.kind == "restart":
-            yield sse.frame({"reason": "the generation is being retried from the start"}, event="restart")
-        elif event.kind == "done":
-            yield sse.done_frame(
-                cached=cached,
-                done_reason=str(event.final.get("done_reason", "")),
-                metrics=metrics(event.final),
-                **done_extra,
-            )
-        elif event.kind == "error":
-            assert event.error is not None
-            yield sse.error_frame(event.error.message, event.error.code)
-
-
-# --- conversations -------------------------------------------------------------------------------
-
-
-def conversation_key(owner: str, conversation_id: str) -> str:
-    return f"conv:{owner}:{conversation_id}"
-
-
-def get_conversation(*, owner: str, conversation_id: str, count: bool = False) -> dict[str, Any]:
-    """A stored conversation (its messages); 404 when unknown, expired or another owner's."""
-    stored = conversation_cache.get(conversation_key(owner, conversation_id), count=count)
-    if stored is None:
-        raise NotFound(f"No conversation with id {conversation_id}.", code="conversation_not_found")
-    return stored
-
-
-def delete_conversation(*, owner: str, conversation_id: str) -> None:
-    """Forget a conversation; 404 when unknown."""
-    if not conversation_cache.delete(conversation_key(owner, conversation_id)):
-        raise NotFound(f"No conversation with id {conversation_id}.", code="conversation_not_found")
-
-
-def append_conversation(
-    *,
-    owner: str,
-    conversation_id: str,
-    model: str,
-    history: list[dict[str, Any]],
-    new: list[dict[str, Any]],
-    reply: str,
-) -> None:
-    """Store the conversation with this exchange added (the last writer wins if two race)."""
-    messages = [*history, *new, {"role": "assistant", "content": reply}]
-    conversation_cache.set(
-        conversation_key(owner, conversation_id),
-        {"conversation_id": conversation_id, "model": model, "messages": messages, "updated_at": time.time()},
-    )
-
-
-def fit_history(history: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Drop the oldest non-system history messages until history + new fits the message limit."""
-    room = settings.LIMITS_MAX_MESSAGES - len(new)
-    if len(history) <= room:
-        return history
-    system = [m for m in history if m.get("role") == "system"]
-    rest = [m for m in history if m.get("role") != "system"]
-    keep = max(room - len(system), 0)
-    return [*system, *rest[len(rest) - keep :]] if keep else system[:room]
-
-
-# --- /api/chat-optimized -------------------------------------------------------------------------
 
 
 class _Replay:
@@ -238,25 +49,10 @@ class _Replay:
 
 
 class GenerationSession:
-    """One generation request from a waiting caller: a cache hit replayed, or an interactive job.
+    """One generation request from a waiting caller: a cache hit replayed, or an interactive job."""
 
-    Shared by every surface (``/api/chat-optimized``, Ollama's ``/api/chat`` and ``/api/generate``,
-    OpenAI's ``/v1/chat/completions``): they differ only in how they frame the events.
-    """
-
-    def __init__(
-        self,
-        *,
-        endpoint: str,
-        model: str,
-        payload: dict[str, Any],
-        cache_key: str,
-        owner: str,
-        priority: int = 0,
-        use_cache: bool = True,
-    ) -> None:
-        self.endpoint, self.model, self.payload, self.cache_key = endpoint, model, payload, cache_key
-        self.owner, self.priority, self.use_cache = owner, priority, use_cache
+    def __init__(self, spec: JobSpec) -> None:
+        self.spec = spec
         self.cached = False
         self.job_id: uuid.UUID | None = None
         self.finished = False
@@ -264,29 +60,22 @@ class GenerationSession:
         self.final: dict[str, Any] = {}
         self._pump: Pump[live.Event] | _Replay | None = None
 
+    @property
+    def model(self) -> str:
+        return self.spec.model
+
     async def start(self) -> None:
         """Look in the cache, or enqueue the generation."""
         counters.incr(counters.CHAT_REQUESTS)
-        found = await run_blocking(
-            _answer_or_enqueue,
-            self.cache_key,
-            use_cache=self.use_cache,
-            kind=Kind.INTERACTIVE,
-            endpoint=self.endpoint,
-            model=self.model,
-            payload=self.payload,
-            priority=self.priority,
-            owner=self.owner,
-        )
+        found = await run_blocking(answer_or_enqueue, self.spec)
         if isinstance(found, dict):
             self.cached = True
             self._pump = _Replay(found)
             return
-        enqueued = found
-        self.job_id = enqueued.job.id
-        if not enqueued.joined:
+        self.job_id = found.job.id
+        if not found.joined:
             await live.wake_workers()
-        self._pump = Pump(live.follow_request(self.job_id, keep_caller_alive=True, job=enqueued.job))
+        self._pump = Pump(follow_request(self.job_id, keep_caller_alive=True, job=found.job))
 
     async def next_event(self, timeout: float | None = None) -> live.Event | None:
         """The next event (None at the end); raises TimeoutError after ``timeout``."""
@@ -312,8 +101,16 @@ class GenerationSession:
     async def first_events(self) -> list[live.Event]:
         """Events until the first token, the end, an error, or FIRST_EVENT_WAIT_SECONDS of queueing.
 
-        An error here raises, so the client gets a plain error with its status code.
+        An error here raises (and closes the session), so the client gets a plain error with its
+        status code.
         """
+        try:
+            return await self._first_events()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _first_events(self) -> list[live.Event]:
         events: list[live.Event] = []
         deadline = time.monotonic() + FIRST_EVENT_WAIT_SECONDS
         while True:
@@ -335,8 +132,8 @@ class GenerationSession:
         try:
             for event in first:
                 yield event
-            while (event := await self.next_event()) is not None:
-                yield event
+            while (later := await self.next_event()) is not None:
+                yield later
         finally:
             await asyncio.shield(self.close())
 
@@ -363,57 +160,72 @@ class GenerationSession:
 class ChatSession(GenerationSession):
     """``/api/chat-optimized``: a generation plus conversation memory."""
 
-    def __init__(self, req: ChatRequest, owner: str) -> None:
-        self.req = req
+    def __init__(self, body: ChatOptimizedBody, owner: str) -> None:
+        model = payloads.chat_model(body)
+        spec = JobSpec(
+            kind=Kind.INTERACTIVE, endpoint="chat", model=model, payload={}, cache_key="",
+            owner=owner, priority=body.priority, use_cache=body.use_cache,
+        )  # fmt: skip
+        super().__init__(spec)
+        self.body = body
+        self.new_messages = payloads.messages_of(body)
         self.conversation_id: str | None = None
         self.history: list[dict[str, Any]] = []
-        super().__init__(endpoint="chat", model=req.model, payload={}, cache_key="", owner=owner,
-                         priority=req.priority, use_cache=req.use_cache)  # fmt: skip
 
     async def start(self) -> None:
         """Resolve the conversation (404 for an unknown one), then as any generation."""
-        req = self.req
-        if req.conversation_id == "new":
+        requested = self.body.conversation_id
+        if requested == "new":
             self.conversation_id = str(uuid.uuid4())
-        elif req.conversation_id:
-            self.conversation_id = req.conversation_id
+        elif requested:
+            self.conversation_id = requested
             stored = await run_blocking(
-                get_conversation, owner=self.owner, conversation_id=req.conversation_id, count=True
+                get_conversation, owner=self.spec.owner, conversation_id=requested, count=True
             )
-            self.history = fit_history(stored["messages"], req.messages)
-        messages = [*self.history, *req.messages]
-        self.payload = req.ollama_payload(messages)
-        self.cache_key = chat_cache_key(req, messages, self.owner)
+            self.history = fit_history(stored["messages"], self.new_messages)
+        messages = [*self.history, *self.new_messages]
+        self.spec = dataclasses.replace(
+            self.spec,
+            payload=payloads.chat_payload(self.body, messages),
+            cache_key=payloads.chat_key(self.body, messages, self.spec.owner),
+        )
         await super().start()
 
     async def on_done(self) -> None:
         if self.conversation_id:
             await run_blocking(
                 append_conversation,
-                owner=self.owner,
+                owner=self.spec.owner,
                 conversation_id=self.conversation_id,
-                model=self.req.model,
+                model=self.spec.model,
                 history=self.history,
-                new=self.req.messages,
-                reply="".join(self.chunks),
+                new=self.new_messages,
+                reply={"role": "assistant", "content": "".join(self.chunks)},
             )
 
-    async def frames(self, first: list[live.Event]) -> AsyncIterator[bytes]:
-        """The SSE frames in the seed's format."""
-        extra = {"conversation_id": self.conversation_id} if self.conversation_id else {}
-        async for frame in event_frames(self.events(first), cached=self.cached, **extra):
-            yield frame
+    def done_extra(self) -> dict[str, Any]:
+        return {"conversation_id": self.conversation_id} if self.conversation_id else {}
 
     async def answer_body(self) -> dict[str, Any]:
-        """The seed's non-streaming body."""
+        """The chat-optimized non-streaming body."""
         content = await self.answer()
-        body: dict[str, Any] = {
+        return {
             "message": {"role": "assistant", "content": content},
             "cached": self.cached,
-            "model": self.model,
+            "model": self.spec.model,
             "done_reason": str(self.final.get("done_reason", "")),
             "metrics": metrics(self.final),
+            **self.done_extra(),
         }
-        if self.conversation_id:
-            body["conversation_id"] = self.conversation_id
-        return body
+
+
+def interactive(*, endpoint: str, model: str, payload: dict[str, Any], cache_key: str, owner: str) -> JobSpec:
+    """The spec of a generation a caller waits for on the connection."""
+    return JobSpec(
+        kind=Kind.INTERACTIVE,
+        endpoint=endpoint,
+        model=model,
+        payload=payload,
+        cache_key=cache_key,
+        owner=owner,
+    )

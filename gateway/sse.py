@@ -1,11 +1,14 @@
-"""Server-Sent-Event framing, in the seed's exact format, and the streaming response around it.
+"""Server-Sent-Event framing, in the chat-optimized format, and the streaming response around it.
+
+The chat-optimized format is the one the product's design document defines for
+``/api/chat-optimized`` (and ``/api/chat-queue/stream``), which existing front-ends parse:
 
     data: {"content":"Rust","done":false,"cached":false}
     data: {"done":true,"cached":false}
 
 Mid-stream failures become one ``event: error`` frame with ``{"error","code"}``; queue positions are
-``event: queue`` frames (EventSource's ``onmessage`` ignores named events, so seed clients are
-unaffected). A ``: ping`` comment goes out after every ``SSE_HEARTBEAT_SECONDS`` (15) of silence.
+``event: queue`` frames (EventSource's ``onmessage`` ignores named events, so clients of the plain
+format are unaffected). A ``: ping`` comment goes out after every ``SSE_HEARTBEAT_SECONDS`` (15) of silence.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
-from chat.pump import Pump
+from core.generation import metrics
+from core.pump import Pump
+from queueing.live import Event
 
 PING = b": ping\n\n"
 
@@ -39,6 +44,29 @@ def done_frame(*, cached: bool, **extra: Any) -> bytes:
 
 def error_frame(error: str, code: str) -> bytes:
     return frame({"error": error, "code": code}, event="error")
+
+
+async def event_frames(
+    events: AsyncIterator[Event], *, cached: bool, **done_extra: Any
+) -> AsyncIterator[bytes]:
+    """A request's events as SSE frames in the chat-optimized format."""
+    async for event in events:
+        if event.kind == "chunk":
+            yield content_frame(event.content, cached=cached)
+        elif event.kind == "position":
+            yield frame(event.status, event="queue")
+        elif event.kind == "restart":
+            yield frame({"reason": "the generation is being retried from the start"}, event="restart")
+        elif event.kind == "done":
+            yield done_frame(
+                cached=cached,
+                done_reason=str(event.final.get("done_reason", "")),
+                metrics=metrics(event.final),
+                **done_extra,
+            )
+        elif event.kind == "error":
+            assert event.error is not None
+            yield error_frame(event.error.message, event.error.code)
 
 
 async def with_heartbeat(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:

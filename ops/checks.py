@@ -38,12 +38,12 @@ def check_worker_reachable(app_configs: Any = None, **kwargs: Any) -> list[Warni
 @register("security", deploy=False)
 def check_open_without_keys(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     """Warn when the service listens beyond this machine with no API keys and debug off."""
-    loopback = settings.SERVER_HOST in ("127.0.0.1", "::1", "localhost")
+    loopback = settings.HOST in ("127.0.0.1", "::1", "localhost")
     if loopback or settings.API_KEYS or settings.DEBUG:
         return []
     return [
         Warning(
-            f"The server binds {settings.SERVER_HOST} with no API keys: anyone who can reach it can use it.",
+            f"The server binds {settings.HOST} with no API keys: anyone who can reach it can use it.",
             hint="Create keys with `manage.py create_api_key NAME` and set [security] api_keys (API_KEYS), "
             "or bind HOST=127.0.0.1 behind a proxy that authenticates.",
             id="chatbot.W003",

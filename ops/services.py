@@ -15,12 +15,12 @@ from django.db import connection
 from django.utils import timezone
 
 from chat.caches import SizedCache, conversation_cache, response_cache
-from chat.errors import BadRequest, NotFound, OllamaError
-from chat.ollama import get_client
-from chat.requests import parse_model
-from chatbot_site.config import keep_alive as keep_alive_problem
-from chatbot_site.runtime import run_blocking
-from queueing import services as queue_services
+from core.errors import BadRequest, NotFound, OllamaError
+from core.ollama import get_client
+from core.runtime import run_blocking
+from core.values import is_model_name, keep_alive_problem
+from gateway.schemas import WarmModelData, validate_value
+from queueing import selectors
 from stats import counters
 
 logger = logging.getLogger(__name__)
@@ -140,12 +140,12 @@ def collect_counters_and_caches() -> dict[str, Any]:
     conversation = _cache_block(
         conversation_cache, n(counters.CONVERSATION_HITS), n(counters.CONVERSATION_MISSES)
     )
-    del conversation["miss_rate"]  # the seed's conversation block has none
+    del conversation["miss_rate"]  # the design document's conversation block has none
     conversation["evictions"] = n(counters.CONVERSATION_EVICTIONS)
     total, cached = n(counters.CHAT_REQUESTS), n(counters.RESPONSE_HITS)
     batches = n(counters.BATCHES)
     generations = n(counters.GENERATIONS)
-    overview = queue_services.queue_overview()
+    overview = selectors.queue_overview()
     return {
         "response_cache": response,
         "conversation_cache": conversation,
@@ -205,12 +205,12 @@ async def ollama_status() -> dict[str, Any]:
 
 
 async def collect_stats(*, include_ollama: bool = True) -> dict[str, Any]:
-    """``GET /api/cache-stats``: the seed's shape, every figure measured and shared across processes."""
-    figures = run_blocking(collect_counters_and_caches)
+    """``GET /api/cache-stats``: the documented shape, every figure measured and shared by all processes."""
+    ollama: dict[str, Any] | None = None
     if include_ollama:
-        figures, ollama = await asyncio.gather(figures, ollama_status())
+        figures, ollama = await asyncio.gather(run_blocking(collect_counters_and_caches), ollama_status())
     else:
-        figures, ollama = await figures, None
+        figures = await run_blocking(collect_counters_and_caches)
     body: dict[str, Any] = {"timestamp": timezone.now().isoformat().replace("+00:00", "Z"), **figures}
     if ollama is not None:
         body["ollama"] = ollama
@@ -235,7 +235,11 @@ async def warm_model(*, model: str | None = None, keep_alive: str | None = None)
 
     The name must be one Ollama lists: nothing user-supplied ever reaches pull, create or delete.
     """
-    name = parse_model(model or settings.OLLAMA_MODEL)
+    name = model or settings.OLLAMA_MODEL
+    if not is_model_name(name):
+        raise BadRequest(
+            "Field 'model' must be an Ollama model name such as 'llama3.2:1b'.", code="invalid_model"
+        )
     keep = keep_alive if keep_alive is not None else settings.OLLAMA_KEEP_ALIVE
     if keep_alive_problem(keep):
         raise BadRequest(f'keep_alive {keep!r} is not a duration such as "30m".', code="invalid_keep_alive")
@@ -259,23 +263,12 @@ async def warm_model(*, model: str | None = None, keep_alive: str | None = None)
     }
 
 
-ACTIONS = ("clear", "clear_response_cache", "clear_conversation_cache", "warm_model")
-
-
-async def run_action(action: Any, data: Any) -> dict[str, Any]:
-    """``POST /api/cache-stats``: one of ACTIONS; 400 listing them for anything else."""
-    if action not in ACTIONS:
-        raise BadRequest(
-            f"Unknown action {action!r}; valid actions: {', '.join(ACTIONS)}.", code="unknown_action"
-        )
-    if data is not None and not isinstance(data, dict):
-        raise BadRequest("Field 'data' must be an object.", code="invalid_data")
-    data = data or {}
+async def run_action(action: str, data: dict[str, Any] | None) -> dict[str, Any]:
+    """``POST /api/cache-stats``: one of the actions the body's schema allows."""
     if action == "warm_model":
-        unknown = set(data) - {"model", "keep_alive"}
-        if unknown:
-            raise BadRequest(f"Unknown data field {sorted(unknown)[0]!r}.", code="invalid_data")
-        return {"action": action, "status": "ok", **await warm_model(**data)}
+        warm = validate_value(WarmModelData, data or {})
+        keep = None if warm.keep_alive is None else str(warm.keep_alive)
+        return {"action": action, "status": "ok", **await warm_model(model=warm.model, keep_alive=keep)}
     cleared = await run_blocking(
         clear_caches,
         responses=action in ("clear", "clear_response_cache"),

@@ -11,9 +11,9 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html_join
 
-from chat.services import cancel_many
 from queueing.models import ACTIVE, Job, Status
-from queueing.services import queue_position
+from queueing.selectors import queue_position
+from queueing.submit import cancel_many
 
 
 @admin.register(Job)

@@ -10,7 +10,7 @@ class QueueingConfig(AppConfig):
     verbose_name = "Queue"
 
     def ready(self) -> None:
-        from chatbot_site import runtime
+        from core import runtime
 
         runtime.on_start(_start_worker)
 
@@ -21,8 +21,8 @@ _worker_task: asyncio.Task[None] | None = None
 def _start_worker(loop: asyncio.AbstractEventLoop) -> None:
     """Embedded default: the queue worker runs in the server process."""
     global _worker_task
-    from chatbot_site import runtime
-    from queueing.consumers import start_embedded_worker
+    from core import runtime
+    from queueing.worker import start_embedded_worker
 
     _worker_task = start_embedded_worker(loop)
     if _worker_task is not None:

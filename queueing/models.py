@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from typing import Any
 
 from django.db import models
 
@@ -22,6 +24,37 @@ class Status(models.TextChoices):
 
 ACTIVE = (Status.PENDING, Status.PROCESSING)
 TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+
+class JobQuerySet(models.QuerySet["Job"]):
+    """The queue's states, named once (the transitions and reads combine them)."""
+
+    def pending(self) -> JobQuerySet:
+        return self.filter(status=Status.PENDING)
+
+    def processing(self) -> JobQuerySet:
+        return self.filter(status=Status.PROCESSING)
+
+    def running(self) -> JobQuerySet:
+        """Processing jobs attached to a generation."""
+        return self.filter(status=Status.PROCESSING, generation_id__isnull=False)
+
+    def held_by(self, worker: str) -> JobQuerySet:
+        return self.filter(status=Status.PROCESSING, lease_owner=worker)
+
+    def in_generation(self, generation_id: uuid.UUID) -> JobQuerySet:
+        return self.filter(generation_id=generation_id, status=Status.PROCESSING)
+
+    def lapsed(self, now: datetime) -> JobQuerySet:
+        return self.filter(status=Status.PROCESSING, lease_expires_at__lt=now)
+
+    def running_generations(self) -> int:
+        """Generations in flight across the deployment."""
+        return self.running().values("generation_id").distinct().count()
+
+    def finish(self, **fields: Any) -> int:
+        """Move these rows to a terminal state; returns how many moved."""
+        return self.update(lease_expires_at=None, **fields)
 
 
 class Job(models.Model):
@@ -66,6 +99,8 @@ class Job(models.Model):
     deduplicated = models.BooleanField(default=False, help_text="Shared another job's generation.")
     error_code = models.CharField(max_length=64, blank=True, default="")
     error_message = models.TextField(blank=True, default="")
+
+    objects = JobQuerySet.as_manager()
 
     class Meta:
         indexes = [

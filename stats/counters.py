@@ -114,7 +114,12 @@ def discard_pending() -> None:
     _buffer.take()
 
 
-atexit.register(lambda: _buffer.pending and flush())
+def _flush_at_exit() -> None:
+    if _buffer.pending:
+        flush()
+
+
+atexit.register(_flush_at_exit)
 
 
 def _write(amounts: Mapping[str, int]) -> None:

@@ -2,61 +2,90 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
-from chat import services as chat
-from chat.errors import BadRequest
-from chat.http import api_view, owner_of
-from chat.requests import parse_chat_request, parse_json_body, parse_request_id
-from chat.sse import sse_response
-from chatbot_site.runtime import run_blocking
-from queueing import live, services
-from queueing.models import Job, Status
+from core.errors import BadRequest
+from core.generation import metrics
+from core.runtime import run_blocking
+from gateway import payloads
+from gateway.http import api_view, owner_of
+from gateway.schemas import QueueBody
+from gateway.schemas.params import OptionalRequestQuery, RequestQuery
+from gateway.sse import event_frames, sse_response
+from queueing import selectors, submit
+from queueing.follow import follow_request
+from queueing.models import Job, Kind, Status
+from queueing.spec import JobSpec
 
-QUEUE_FIELDS = {"messages", "model", "priority", "options", "format", "keep_alive", "use_cache"}
+
+def result_body(job: Job) -> dict[str, Any]:
+    """A finished request's answer as the API shows it."""
+    final = job.result_final or {}
+    return {
+        "message": {"role": "assistant", "content": job.result_content},
+        "model": job.model,
+        "done_reason": job.done_reason or final.get("done_reason", ""),
+        "metrics": metrics(final),
+        "cached": job.cached,
+    }
 
 
 def _status_body(job: Job) -> dict[str, Any]:
     body: dict[str, Any] = {
         "request_id": str(job.id),
         "status": job.status,
-        "queue_position": services.queue_position(job),
+        "queue_position": selectors.queue_position(job),
     }
     if job.status == Status.COMPLETED:
-        body["result"] = {**chat.result_body(job), "cached": job.cached}
+        body["result"] = result_body(job)
     elif job.status in (Status.FAILED, Status.CANCELLED):
         body["error"] = {"error": job.error_message, "code": job.error_code or job.status}
     return body
 
 
-@api_view("GET", "POST", "DELETE")
-async def chat_queue(request: HttpRequest) -> HttpResponseBase:
+def _idempotency_key(request: HttpRequest) -> str | None:
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and not 1 <= len(key) <= 200:
+        raise BadRequest("Idempotency-Key must be 1 to 200 characters.", code="invalid_idempotency_key")
+    return key
+
+
+@api_view(
+    "GET", "POST", "DELETE", body=QueueBody, query={"GET": OptionalRequestQuery, "DELETE": RequestQuery}
+)
+async def chat_queue(
+    request: HttpRequest,
+    body: QueueBody | None = None,
+    query: OptionalRequestQuery | RequestQuery | None = None,
+) -> HttpResponseBase:
     owner = owner_of(request)
-    if request.method == "POST":
-        req = parse_chat_request(parse_json_body(request), fields=QUEUE_FIELDS)
-        idempotency_key = request.headers.get("Idempotency-Key") or None
-        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
-            raise BadRequest("Idempotency-Key must be 1 to 200 characters.", code="invalid_idempotency_key")
-        job, status = await chat.submit_queued(req, owner=owner, idempotency_key=idempotency_key)
+    if body is not None:
+        messages = payloads.messages_of(body)
+        spec = JobSpec(
+            kind=Kind.QUEUED, endpoint="chat", model=payloads.chat_model(body),
+            payload=payloads.chat_payload(body, messages), cache_key=payloads.chat_key(body, messages, owner),
+            priority=body.priority, owner=owner, use_cache=body.use_cache,
+            idempotency_key=_idempotency_key(request),
+        )  # fmt: skip
+        job, status = await submit.submit_queued(spec)
         return JsonResponse({"request_id": str(job.id), "status": status}, status=202)
 
-    request_id = request.GET.get("requestId")
-    if request.method == "GET" and request_id is None:
-        return JsonResponse(await run_blocking(services.queue_overview))
-    job_id = parse_request_id(request_id)
-    if request.method == "DELETE":
-        job = await chat.cancel(job_id, owner=owner, reason="cancelled by the client")
-        return JsonResponse({"request_id": str(job.id), "status": job.status})
-    job = await run_blocking(services.get_request, job_id=job_id, owner=owner)
-    return JsonResponse(await run_blocking(_status_body, job))
+    assert query is not None
+    if query.requestId is None:
+        return JsonResponse(await run_blocking(selectors.queue_overview))
+    if request.method == "GET":
+        job = await run_blocking(selectors.get_request, job_id=query.requestId, owner=owner)
+        return JsonResponse(await run_blocking(_status_body, job))
+    job = await submit.cancel(uuid.UUID(query.requestId), owner=owner, reason="cancelled by the client")
+    return JsonResponse({"request_id": str(job.id), "status": job.status})
 
 
-@api_view("GET")
-async def chat_queue_stream(request: HttpRequest) -> HttpResponseBase:
+@api_view("GET", query=RequestQuery)
+async def chat_queue_stream(request: HttpRequest, query: RequestQuery) -> HttpResponseBase:
     """SSE of one request's tokens; a finished one is replayed at once."""
-    job_id = parse_request_id(request.GET.get("requestId"))
-    job = await run_blocking(services.get_request, job_id=job_id, owner=owner_of(request))
+    job = await run_blocking(selectors.get_request, job_id=query.requestId, owner=owner_of(request))
     # A queued request keeps running when a stream listener leaves: following only reads.
-    return sse_response(chat.event_frames(live.follow_request(job.id), cached=job.cached))
+    return sse_response(event_frames(follow_request(job.id), cached=job.cached))

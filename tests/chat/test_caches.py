@@ -47,7 +47,7 @@ class Clock:
 
 
 def test_filling_past_the_limit_keeps_bytes_under_it_and_the_most_recent_entries(settings, monkeypatch):
-    settings.RESPONSE_CACHE_MAX_SIZE_MB = 10_000 / (1024 * 1024)  # 10,000 bytes: about 9 entries
+    settings.CACHE_MAX_SIZE_MB = 10_000 / (1024 * 1024)  # 10,000 bytes: about 9 entries
     clock = Clock()
     monkeypatch.setattr(caches_module, "time", clock)
     for i in range(30):

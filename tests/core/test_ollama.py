@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from chat.errors import (
+from core.errors import (
     OllamaBadResponse,
     OllamaBusy,
     OllamaError,
@@ -15,7 +15,7 @@ from chat.errors import (
     OllamaTimeout,
     OllamaUnavailable,
 )
-from chat.ollama import OllamaClient, keep_alive_param
+from core.ollama import OllamaClient, keep_alive_param
 from tests.fake_ollama import FakeOllama, reply_tokens
 
 BODY = {"model": "llama3.2:1b", "messages": [{"role": "user", "content": "hi"}]}

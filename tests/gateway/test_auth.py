@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from chat.auth import hash_key
+from gateway.auth import hash_key
 from tests.helpers import MODEL, messages, ollama_body, submit, wait_status
 from tests.live import ROOT
 

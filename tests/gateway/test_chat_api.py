@@ -50,7 +50,7 @@ def test_non_streaming_shape_then_a_cache_hit(server, ollama):
     assert ollama.calls_for(ollama_body("What is Rust?")) == 1
 
 
-def test_stream_frames_are_the_seeds_byte_for_byte_and_replay_from_cache(server, ollama):
+def test_stream_frames_are_the_chat_optimized_format_byte_for_byte_and_replay_from_cache(server, ollama):
     with server.client() as client:
         fresh = stream_frames(client, "Stream it")
         again = stream_frames(client, "Stream it")

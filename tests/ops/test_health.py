@@ -1,11 +1,11 @@
-"""/health through daphne: the seed's shape, the deep checks, JSON for every framework error."""
+"""/health through daphne: the design document's shape, the deep checks, JSON for every framework error."""
 
 from __future__ import annotations
 
 import httpx
 
 
-def test_health_is_the_seed_shape(server):
+def test_health_is_the_documented_shape(server):
     r = httpx.get(f"{server.url}/health")
     assert r.status_code == 200
     assert r.json() == {"status": "healthy"}

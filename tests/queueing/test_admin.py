@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 
-from queueing import services
+from queueing import transitions
 from queueing.models import Job, Kind, Status
+from queueing.spec import JobSpec
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_workers")]
 
@@ -14,14 +15,15 @@ CHANGELIST = "/admin/queueing/job/"
 
 
 def enqueue(text: str, priority: int = 0) -> Job:
-    return services.enqueue_request(
+    spec = JobSpec(
         kind=Kind.QUEUED,
         endpoint="chat",
         model="llama3.2:1b",
         payload={"model": "llama3.2:1b", "messages": [{"role": "user", "content": text}]},
         cache_key=f"v1:{text}",
         priority=priority,
-    ).job
+    )
+    return transitions.enqueue_request(spec).job
 
 
 def cancel_action(client, jobs):

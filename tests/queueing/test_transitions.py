@@ -8,16 +8,17 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from chat.errors import Conflict, NotFound, OllamaUnavailable, TooManyRequests
-from queueing import services
+from core.errors import Conflict, NotFound, OllamaUnavailable, TooManyRequests
+from queueing import selectors, transitions
 from queueing.models import Job, Kind, Status
+from queueing.spec import JobSpec
 from stats import counters
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_workers")]
 
 
 def enqueue(text: str, *, kind: str = Kind.QUEUED, priority: int = 0, key: str | None = None, **kw):
-    return services.enqueue_request(
+    spec = JobSpec(
         kind=kind,
         endpoint="chat",
         model="llama3.2:1b",
@@ -25,24 +26,25 @@ def enqueue(text: str, *, kind: str = Kind.QUEUED, priority: int = 0, key: str |
         cache_key=key or f"v1:{text}",
         priority=priority,
         **kw,
-    ).job
+    )
+    return transitions.enqueue_request(spec).job
 
 
 def test_claim_never_exceeds_max_concurrent_across_workers(settings):
     settings.QUEUE_MAX_CONCURRENT = 2
     for i in range(5):
         enqueue(f"q{i}")
-    first = services.claim_batch(worker="w1")
-    second = services.claim_batch(worker="w2")
+    first = transitions.claim_batch(worker="w1")
+    second = transitions.claim_batch(worker="w2")
     assert len(first.generations) == 2 and second.generations == []
-    assert services.running_generations() == 2
+    assert Job.objects.running_generations() == 2
     assert Job.objects.filter(status=Status.PENDING).count() == 3
 
 
 def test_identical_pending_jobs_share_one_generation(settings):
-    settings.BATCH_MAX_SIZE = 2
+    settings.BATCH_MAX_BATCH_SIZE = 2
     ids = [enqueue("same").id for _ in range(5)]
-    claim = services.claim_batch(worker="w1")
+    claim = transitions.claim_batch(worker="w1")
     assert len(claim.generations) == 1
     assert sorted(claim.generations[0].job_ids) == sorted(ids)  # beyond the batch size too
     jobs = Job.objects.filter(id__in=ids)
@@ -53,12 +55,12 @@ def test_identical_pending_jobs_share_one_generation(settings):
 
 def test_a_request_identical_to_a_running_one_joins_it_at_once():
     leader = enqueue("same")
-    claim = services.claim_batch(worker="w1")
+    claim = transitions.claim_batch(worker="w1")
     follower = enqueue("same")
     assert follower.status == Status.PROCESSING
     assert follower.generation_id == claim.generations[0].generation_id
     assert follower.lease_owner == "w1"
-    services.finish_generation(
+    transitions.finish_generation(
         worker="w1", generation_id=follower.generation_id, chunks=["a", "b"], final={"done_reason": "stop"}
     )
     for job in (leader, follower):
@@ -67,11 +69,11 @@ def test_a_request_identical_to_a_running_one_joins_it_at_once():
 
 
 def test_without_deduplication_identical_jobs_run_separately(settings):
-    settings.BATCH_DEDUPLICATION = False
+    settings.BATCH_ENABLE_DEDUPLICATION = False
     settings.QUEUE_MAX_CONCURRENT = 3
     enqueue("same")
     enqueue("same")
-    assert len(services.claim_batch(worker="w1").generations) == 2
+    assert len(transitions.claim_batch(worker="w1").generations) == 2
 
 
 def test_priority_first_then_fifo(settings):
@@ -81,13 +83,13 @@ def test_priority_first_then_fifo(settings):
     high = enqueue("high", priority=5)
     order = []
     for _ in range(3):
-        claim = services.claim_batch(worker="w")
+        claim = transitions.claim_batch(worker="w")
         order.append(claim.generations[0].job_ids[0])
-        services.finish_generation(
+        transitions.finish_generation(
             worker="w", generation_id=claim.generations[0].generation_id, chunks=[], final={}
         )
     assert order == [high.id, low1.id, low2.id]
-    assert services.queue_position(Job.objects.get(id=low1.id)) == 0
+    assert selectors.queue_position(Job.objects.get(id=low1.id)) == 0
 
 
 def test_ageing_bounds_how_long_a_low_priority_request_waits(settings):
@@ -96,24 +98,24 @@ def test_ageing_bounds_how_long_a_low_priority_request_waits(settings):
     # A high-priority request 25 s later ranks after it: 2 steps of priority are worth 20 s of waiting.
     Job.objects.filter(id=low.id).update(rank=low.rank - 25)
     high = enqueue("high", priority=2)
-    assert services.queue_position(Job.objects.get(id=low.id)) == 1
-    assert services.queue_position(Job.objects.get(id=high.id)) == 2
+    assert selectors.queue_position(Job.objects.get(id=low.id)) == 1
+    assert selectors.queue_position(Job.objects.get(id=high.id)) == 2
 
 
 def test_a_fuller_batch_is_awaited_only_while_other_generations_run(settings):
     settings.QUEUE_MAX_CONCURRENT = 2
-    settings.BATCH_MAX_SIZE = 3
+    settings.BATCH_MAX_BATCH_SIZE = 3
     enqueue("a")
     # Ollama idle: never held back.
-    assert services.claim_batch(worker="w", allow_partial=False).jobs == 1
+    assert transitions.claim_batch(worker="w", allow_partial=False).jobs == 1
     enqueue("b")
-    deferred = services.claim_batch(worker="w", allow_partial=False)
+    deferred = transitions.claim_batch(worker="w", allow_partial=False)
     assert deferred.deferred and deferred.jobs == 0
-    assert services.claim_batch(worker="w", allow_partial=True).jobs == 1
+    assert transitions.claim_batch(worker="w", allow_partial=True).jobs == 1
 
 
 def test_queue_full_rejects_and_stores_nothing(settings):
-    settings.QUEUE_MAX_SIZE = 2
+    settings.QUEUE_MAX_QUEUE_SIZE = 2
     enqueue("a")
     enqueue("b")
     with pytest.raises(TooManyRequests) as exc:
@@ -123,21 +125,20 @@ def test_queue_full_rejects_and_stores_nothing(settings):
 
 
 def test_idempotency_key_returns_the_same_request():
-    first = services.enqueue_request(
+    spec = JobSpec(
         kind=Kind.QUEUED, endpoint="chat", model="m", payload={}, cache_key="k", idempotency_key="abc"
     )
-    again = services.enqueue_request(
-        kind=Kind.QUEUED, endpoint="chat", model="m", payload={}, cache_key="k", idempotency_key="abc"
-    )
+    first = transitions.enqueue_request(spec)
+    again = transitions.enqueue_request(spec)
     assert again.job.id == first.job.id and again.created is False
     assert Job.objects.count() == 1
 
 
 def test_only_the_lease_holder_writes_the_result():
     job = enqueue("x")
-    generation = services.claim_batch(worker="w1").generations[0]
+    generation = transitions.claim_batch(worker="w1").generations[0]
     assert (
-        services.finish_generation(
+        transitions.finish_generation(
             worker="w2", generation_id=generation.generation_id, chunks=["no"], final={}
         )
         == []
@@ -150,9 +151,9 @@ def test_lapsed_lease_requeues_then_fails_after_max_attempts(settings):
     settings.QUEUE_MAX_ATTEMPTS = 2
     job = enqueue("x")
     for attempt in (1, 2):
-        services.claim_batch(worker=f"w{attempt}")
+        transitions.claim_batch(worker=f"w{attempt}")
         Job.objects.filter(id=job.id).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-        outcome = services.expire_leases()
+        outcome = transitions.expire_leases()
         job.refresh_from_db()
         assert job.attempts == attempt
     assert outcome == {"failed": 1}
@@ -163,10 +164,10 @@ def test_lapsed_interactive_job_is_rerun_only_if_its_caller_still_waits(settings
     settings.QUEUE_MAX_CONCURRENT = 2
     waiting = enqueue("a", kind=Kind.INTERACTIVE)
     gone = enqueue("b", kind=Kind.INTERACTIVE)
-    assert services.claim_batch(worker="w").jobs == 2
+    assert transitions.claim_batch(worker="w").jobs == 2
     Job.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     Job.objects.filter(id=gone.id).update(caller_seen_at=timezone.now() - timedelta(hours=1))
-    services.expire_leases()
+    transitions.expire_leases()
     assert Job.objects.get(id=waiting.id).status == Status.PENDING
     assert Job.objects.get(id=gone.id).status == Status.CANCELLED
 
@@ -174,10 +175,10 @@ def test_lapsed_interactive_job_is_rerun_only_if_its_caller_still_waits(settings
 def test_retryable_failure_requeues_queued_but_fails_interactive():
     queued = enqueue("same")
     interactive = enqueue("same", kind=Kind.INTERACTIVE)
-    generation = services.claim_batch(worker="w").generations[0]
+    generation = transitions.claim_batch(worker="w").generations[0]
     assert len(generation.job_ids) == 2
-    outcome = services.fail_generation(
-        worker="w", generation_id=generation.generation_id, error=OllamaUnavailable("down"), retryable=True
+    outcome = transitions.fail_generation(
+        worker="w", generation_id=generation.generation_id, error=OllamaUnavailable("down")
     )
     assert outcome == {"retried": 1, "failed": 1}
     assert Job.objects.get(id=queued.id).status == Status.PENDING
@@ -188,29 +189,29 @@ def test_retryable_failure_requeues_queued_but_fails_interactive():
 def test_cancel_stops_the_generation_only_when_no_job_is_left_in_it():
     a = enqueue("same")
     b = enqueue("same")
-    services.claim_batch(worker="w")
-    first = services.cancel_request(job_id=a.id)
+    transitions.claim_batch(worker="w")
+    first = transitions.cancel_request(job_id=a.id)
     assert first.stop_generation is None  # b still wants it
-    second = services.cancel_request(job_id=b.id)
+    second = transitions.cancel_request(job_id=b.id)
     assert second.stop_generation is not None and second.stop_worker == "w"
     with pytest.raises(Conflict):
-        services.cancel_request(job_id=a.id)
+        transitions.cancel_request(job_id=a.id)
     with pytest.raises(NotFound):
-        services.cancel_request(job_id=uuid.uuid4())
+        transitions.cancel_request(job_id=uuid.uuid4())
 
 
 def test_another_owner_sees_not_found():
     job = enqueue("mine", owner="alice")
     with pytest.raises(NotFound):
-        services.get_request(job_id=job.id, owner="bob")
+        selectors.get_request(job_id=job.id, owner="bob")
     with pytest.raises(NotFound):
-        services.cancel_request(job_id=job.id, owner="bob")
-    assert services.get_request(job_id=job.id, owner="alice").id == job.id
+        transitions.cancel_request(job_id=job.id, owner="bob")
+    assert selectors.get_request(job_id=job.id, owner="alice").id == job.id
 
 
 def test_release_hands_jobs_back_without_charging_an_attempt():
     job = enqueue("x")
-    services.claim_batch(worker="w")
-    assert services.release_worker(worker="w") == {"requeued": 1}
+    transitions.claim_batch(worker="w")
+    assert transitions.release_worker(worker="w") == {"requeued": 1}
     job.refresh_from_db()
     assert (job.status, job.attempts, job.lease_owner) == (Status.PENDING, 0, "")

@@ -15,9 +15,10 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from chat.errors import ApiError, OllamaUnavailable
-from queueing import services
+from core.errors import ApiError, OllamaModelNotFound, OllamaUnavailable
+from queueing import transitions
 from queueing.models import TERMINAL, Job, Kind, Status
+from queueing.spec import JobSpec
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_workers")]
 WORKERS = st.sampled_from(["w1", "w2", "w3"])
@@ -36,14 +37,15 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(text=st.sampled_from(["a", "b", "c", "d"]), interactive=st.booleans(), priority=st.integers(-2, 2))
     def enqueue(self, text: str, interactive: bool, priority: int) -> None:
         try:
-            job = services.enqueue_request(
+            spec = JobSpec(
                 kind=Kind.INTERACTIVE if interactive else Kind.QUEUED,
                 endpoint="chat",
                 model="m",
                 payload={"messages": [{"role": "user", "content": text}]},
                 cache_key=f"v1:{text}",
                 priority=priority,
-            ).job
+            )
+            job = transitions.enqueue_request(spec).job
         except ApiError:
             return
         self.accepted.append(job.id)
@@ -52,12 +54,12 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(worker=WORKERS, partial=st.booleans())
     def claim(self, worker: str, partial: bool) -> None:
-        for generation in services.claim_batch(worker=worker, allow_partial=partial).generations:
+        for generation in transitions.claim_batch(worker=worker, allow_partial=partial).generations:
             self.held[worker].append(generation.generation_id)
 
     @rule(worker=WORKERS)
     def renew(self, worker: str) -> None:
-        services.renew_leases(worker=worker)
+        transitions.renew_leases(worker=worker)
 
     @rule(worker=WORKERS)
     def worker_dies(self, worker: str) -> None:
@@ -65,7 +67,7 @@ class QueueMachine(RuleBasedStateMachine):
         Job.objects.filter(lease_owner=worker, status=Status.PROCESSING).update(
             lease_expires_at=timezone.now() - timedelta(seconds=1)
         )
-        services.expire_leases()
+        transitions.expire_leases()
 
     @rule(worker=WORKERS, index=st.integers(0, 50))
     def complete(self, worker: str, index: int) -> None:
@@ -73,16 +75,16 @@ class QueueMachine(RuleBasedStateMachine):
             generation = self.held[worker][index % len(self.held[worker])]
             # A result naming its writer: an overwrite by anyone else would show.
             chunks = [f"{worker}:{generation.hex[:8]}"]
-            services.finish_generation(worker=worker, generation_id=generation, chunks=chunks, final={})
+            transitions.finish_generation(worker=worker, generation_id=generation, chunks=chunks, final={})
             self.held[worker].remove(generation)
 
     @rule(worker=WORKERS, index=st.integers(0, 50), retryable=st.booleans())
     def fail(self, worker: str, index: int, retryable: bool) -> None:
         if self.held[worker]:
             generation = self.held[worker][index % len(self.held[worker])]
-            services.fail_generation(
-                worker=worker, generation_id=generation, error=OllamaUnavailable("down"), retryable=retryable
-            )
+            # A retryable code (the queue retries it) or one that is not (a missing model).
+            error = OllamaUnavailable("down") if retryable else OllamaModelNotFound("no such model")
+            transitions.fail_generation(worker=worker, generation_id=generation, error=error)
             self.held[worker].remove(generation)
 
     @rule(index=st.integers(0, 50))
@@ -90,7 +92,7 @@ class QueueMachine(RuleBasedStateMachine):
         if self.accepted:
             job_id = self.accepted[index % len(self.accepted)]
             try:
-                services.cancel_request(job_id=job_id)
+                transitions.cancel_request(job_id=job_id)
             except ApiError:
                 pass
 
@@ -118,9 +120,9 @@ class QueueMachine(RuleBasedStateMachine):
 
 def test_queue_state_machine(settings):
     settings.QUEUE_MAX_CONCURRENT = 2
-    settings.QUEUE_MAX_SIZE = 6
+    settings.QUEUE_MAX_QUEUE_SIZE = 6
     settings.QUEUE_MAX_ATTEMPTS = 2
-    settings.BATCH_MAX_SIZE = 2
+    settings.BATCH_MAX_BATCH_SIZE = 2
     run_state_machine_as_test(
         QueueMachine,
         settings=hsettings(

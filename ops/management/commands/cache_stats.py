@@ -8,7 +8,7 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand
 
-from stats.services import collect_stats
+from ops.services import collect_stats
 
 
 class Command(BaseCommand):

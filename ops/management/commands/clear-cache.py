@@ -1,3 +1,3 @@
 """``manage.py clear-cache``: the name the users wrote for ``clear_cache``."""
 
-from stats.management.commands.clear_cache import Command  # noqa: F401
+from ops.management.commands.clear_cache import Command  # noqa: F401

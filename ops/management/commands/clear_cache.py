@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from stats.services import clear_caches
+from ops.services import clear_caches
 
 
 class Command(BaseCommand):

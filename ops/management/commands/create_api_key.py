@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from chat.auth import hash_key, new_api_key
+from gateway.auth import hash_key, new_api_key
 
 
 class Command(BaseCommand):

@@ -8,8 +8,8 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError
 
-from chat.errors import ApiError
-from stats.services import warm_model
+from core.errors import ApiError
+from ops.services import warm_model
 
 
 class Command(BaseCommand):

@@ -1,0 +1,1 @@
+"""Operations: health, statistics, Prometheus metrics, operator actions, management commands."""

@@ -1,0 +1,101 @@
+"""``/metrics`` in Prometheus' text format, right in both deployments.
+
+Two kinds of figures:
+
+* Shared figures (cache hits, misses, evictions, bytes and entries; queue length by status and
+  priority; generations in flight; deduplicated, cancelled and failed requests; upstream errors by
+  kind) are read from the shared database at scrape time, so every process reports the same values
+  and scraping any one of them is enough. They match ``/api/cache-stats`` because both read the same
+  rows (``ops.services.collect_counters_and_caches``).
+* Timings (``stats.metrics``) are measured in the process that saw them. Scrape every server
+  process, or set ``PROMETHEUS_MULTIPROC_DIR`` to a directory all processes of a host share
+  (workers included) and any process serves the sum.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import REGISTRY, Collector
+
+from ops.services import collect_counters_and_caches
+
+
+class SharedFiguresCollector(Collector):
+    """Reads the shared counters, caches and queue table at scrape time."""
+
+    def collect(self) -> Iterator[Metric]:
+        stats = collect_counters_and_caches()
+        for name, label in (("response_cache", "responses"), ("conversation_cache", "conversations")):
+            block = stats[name]
+            yield _counter("chatbot_cache_hits", "Cache lookups that found an entry", label, block["hits"])
+            yield _counter("chatbot_cache_misses", "Cache lookups that found nothing", label, block["misses"])
+            yield _counter(
+                "chatbot_cache_evictions",
+                "Entries evicted to stay within max_size_mb",
+                label,
+                block["evictions"],
+            )
+            yield _gauge("chatbot_cache_bytes", "Bytes stored", label, block["total_size_bytes"])
+            yield _gauge("chatbot_cache_entries", "Entries stored", label, block["total_entries"])
+        queue = stats["queue"]
+        by_status = GaugeMetricFamily(
+            "chatbot_queue_requests", "Requests in the queue table by status", labels=["status"]
+        )
+        for status, count in queue["by_status"].items():
+            by_status.add_metric([status], count)
+        yield by_status
+        pending = GaugeMetricFamily(
+            "chatbot_queue_pending_by_priority", "Pending requests by priority", labels=["priority"]
+        )
+        for priority, count in queue["pending_by_priority"].items():
+            pending.add_metric([priority], count)
+        yield pending
+        yield GaugeMetricFamily(
+            "chatbot_generations_in_flight",
+            "Upstream generations running now",
+            value=queue["generations_in_flight"],
+        )
+        requests = stats["requests"]
+        for key, help_text in (
+            ("total", "Generation requests received (cache hits included)"),
+            ("deduplicated", "Requests that shared another request's generation"),
+            ("cancelled", "Requests cancelled"),
+            ("failed", "Requests that failed"),
+            ("completed", "Requests completed by a generation"),
+            ("generations", "Upstream generations completed"),
+        ):
+            yield CounterMetricFamily(f"chatbot_requests_{key}", help_text, value=requests[key])
+        errors = CounterMetricFamily("chatbot_upstream_errors", "Upstream failures by kind", labels=["kind"])
+        for kind, count in stats["upstream_errors"].items():
+            errors.add_metric([kind], count)
+        yield errors
+
+
+def _counter(name: str, help_text: str, cache: str, value: float) -> Metric:
+    family = CounterMetricFamily(name, help_text, labels=["cache"])
+    family.add_metric([cache], value)
+    return family
+
+
+def _gauge(name: str, help_text: str, cache: str, value: float) -> Metric:
+    family = GaugeMetricFamily(name, help_text, labels=["cache"])
+    family.add_metric([cache], value)
+    return family
+
+
+def render() -> bytes:
+    """The exposition text: this process's (or the host's) timings plus the shared figures."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    shared = CollectorRegistry()
+    shared.register(SharedFiguresCollector())
+    return text + generate_latest(shared)

@@ -1,0 +1,310 @@
+"""The queue worker: a plain class that drains the queue table, run by the embedded start-up (inside
+each daphne process) and by ``manage.py runworker chat-worker`` (scaled out).
+
+It claims jobs from the database (the truth) by ``queueing.policy``'s rules, runs each generation
+in its own task, streams its chunks to the generation's group, and writes the result once, as the
+lease holder. It listens on the shared ``chat-worker`` channel (``queue.wake``: look at the queue
+now) and on a channel of its own, which is also its name as lease owner (``gen.cancel``: stop a
+generation; ``gen.replay``: send a late listener what a generation produced so far). Messages only
+save time: the worker also polls the table every ``[queue] poll_interval_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from chat.caches import store_response
+from core.errors import ApiError, OllamaError
+from core.ollama import close_client, get_client
+from core.runtime import prepare_process, run_scheduler_blocking
+from queueing import live, policy, transitions
+from queueing.layer import messages, quietly
+from queueing.spec import Claim, Generation
+from stats import counters, metrics
+
+logger = logging.getLogger(__name__)
+
+# What the final chunk carries besides metrics and done_reason (``context`` is kept: /api/generate
+# callers continue from it).
+_NOT_METRICS = {"model", "created_at", "message", "response", "done", "thinking"}
+
+
+@dataclass
+class Running:
+    generation: Generation
+    task: asyncio.Task[None] | None = None
+    chunks: list[str] = field(default_factory=list)
+
+
+class QueueWorker:
+    """Claims work while slots are free, runs generations, renews leases, recovers lapsed ones."""
+
+    def __init__(self) -> None:
+        self.layer = get_channel_layer()
+        self.name = ""  # this worker's own channel: lease owner and address for cancel/replay
+        self.running: dict[uuid.UUID, Running] = {}
+        self._wake = asyncio.Event()
+        self._batch = policy.BatchWait()
+        self._last_expiry_check = 0.0
+        self._claiming: asyncio.Future[Claim] | None = None
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until cancelled; then hand this worker's jobs back to the queue."""
+        self.name = await self.layer.new_channel()
+        tasks = [
+            asyncio.ensure_future(self._listen(settings.QUEUE_WORKER_CHANNEL)),
+            asyncio.ensure_future(self._listen(self.name)),
+            asyncio.ensure_future(self._renew_forever()),
+        ]
+        logger.info("queue worker %s started", self.name)
+        try:
+            await self._schedule_forever()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.shield(self.shutdown())
+
+    async def _listen(self, channel: str) -> None:
+        async for message in messages(self.layer, channel):
+            handler = getattr(self, str(message.get("type", "")).replace(".", "_"), None)
+            if handler is None:
+                logger.warning("queue worker: no handler for message type %r", message.get("type"))
+                continue
+            await handler(message)
+
+    async def _schedule_forever(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("queue worker tick failed; retrying")
+                await asyncio.sleep(1)
+            await self._sleep()
+
+    async def _sleep(self) -> None:
+        timeout = self._batch.sleep_for(settings.QUEUE_POLL_INTERVAL_MS / 1000)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_expiry_check >= settings.QUEUE_POLL_INTERVAL_MS / 1000:
+            self._last_expiry_check = now
+            recovered = await run_scheduler_blocking(transitions.expire_leases)
+            if recovered.get("requeued"):
+                self._wake.set()
+        while True:
+            # A claim commits in a pool thread even if this task is cancelled meanwhile; shutdown
+            # waits for it, so whatever it claimed is released with the rest.
+            self._claiming = asyncio.ensure_future(
+                run_scheduler_blocking(
+                    transitions.claim_batch, worker=self.name, allow_partial=self._batch.allow_partial()
+                )
+            )
+            claim = await asyncio.shield(self._claiming)
+            if claim.deferred:
+                self._batch.deferred()
+                return
+            self._batch.claimed()
+            if not claim.jobs:
+                return
+            logger.debug("claimed %d jobs in %d new generations", claim.jobs, len(claim.generations))
+            for generation in claim.generations:
+                state = Running(generation)
+                self.running[generation.generation_id] = state
+                state.task = asyncio.ensure_future(self._generate(state))
+            await live.notify_claimed(claim.assigned)
+            if not claim.more:
+                return
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(policy.renew_every_seconds())
+            if not self.running:
+                continue
+            try:
+                alive = await run_scheduler_blocking(transitions.renew_leases, worker=self.name)
+            except Exception:
+                logger.exception("lease renewal failed")
+                continue
+            for generation_id, state in list(self.running.items()):
+                if generation_id not in alive and state.task is not None:
+                    # Every job of it was cancelled, or another worker took over after our lease
+                    # lapsed: stop spending GPU time on it.
+                    logger.info("generation %s has no live jobs left; stopping it", generation_id)
+                    state.task.cancel()
+
+    # --- one generation ------------------------------------------------------------------------
+
+    async def _generate(self, state: Running) -> None:
+        generation = state.generation
+        group = live.generation_group(generation.generation_id)
+        gid = generation.generation_id.hex
+        started = time.monotonic()
+        try:
+            final: dict[str, Any] = {}
+            async for chunk in get_client().stream(f"/api/{generation.endpoint}", generation.payload):
+                if not state.chunks:
+                    metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - started)
+                if chunk.get("done"):
+                    final = {k: v for k, v in chunk.items() if k not in _NOT_METRICS}
+                    break
+                content = _content(generation.endpoint, chunk)
+                state.chunks.append(content)
+                message = {
+                    "type": "gen.chunk",
+                    "generation": gid,
+                    "seq": len(state.chunks) - 1,
+                    "content": content,
+                }
+                await quietly("publish", self.layer.group_send(group, message))
+            jobs = await run_scheduler_blocking(_finish_and_store, self.name, generation, state.chunks, final)
+            if jobs:
+                metrics.GENERATION_TIME.observe(time.monotonic() - started)
+                counters.incr(counters.GENERATION_MS_TOTAL, int((time.monotonic() - started) * 1000))
+            # The end, with what a listener needs to finish without reading its row again: the
+            # jobs now completed, the number of chunks, and the final metrics.
+            end = {
+                "type": "gen.end",
+                "generation": gid,
+                "completed": [job.id.hex for job in jobs],
+                "chunks": len(state.chunks),
+                "final": final,
+            }
+            await quietly("publish", self.layer.group_send(group, end))
+        except ApiError as exc:
+            await self._fail(state, exc)
+        except asyncio.CancelledError:
+            logger.info("generation %s stopped", generation.generation_id)
+            raise
+        except Exception as exc:
+            logger.exception("generation %s failed unexpectedly", generation.generation_id)
+            await self._fail(state, OllamaError(f"The generation failed: {type(exc).__name__}"))
+        finally:
+            self.running.pop(generation.generation_id, None)
+            self._wake.set()
+            await live.wake_workers()  # a slot is free: workers elsewhere may claim now
+
+    async def _fail(self, state: Running, error: ApiError) -> None:
+        generation = state.generation
+        logger.warning("generation %s failed: %s (%s)", generation.generation_id, error.message, error.code)
+        counters.incr(counters.UPSTREAM_ERRORS_PREFIX + error.code)
+        await run_scheduler_blocking(
+            transitions.fail_generation, worker=self.name, generation_id=generation.generation_id, error=error
+        )
+        message = {"type": "gen.end", "generation": generation.generation_id.hex, "error": error.code}
+        group = live.generation_group(generation.generation_id)
+        await quietly("publish", self.layer.group_send(group, message))
+
+    # --- messages ------------------------------------------------------------------------------
+
+    async def queue_wake(self, message: dict[str, Any]) -> None:
+        self._wake.set()
+
+    async def gen_cancel(self, message: dict[str, Any]) -> None:
+        state = self.running.get(uuid.UUID(message["generation"]))
+        if state is not None and state.task is not None:
+            state.task.cancel()
+
+    async def gen_replay(self, message: dict[str, Any]) -> None:
+        generation_id = uuid.UUID(message["generation"])
+        state = self.running.get(generation_id)
+        reply: dict[str, Any] = {"type": "gen.snapshot", "generation": generation_id.hex}
+        if state is None:
+            reply["gone"] = True
+        else:
+            reply["chunks"] = list(state.chunks)
+        await quietly("replay", self.layer.send(message["reply_to"], reply))
+
+    # --- stopping ------------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop generating and hand this worker's jobs back to the queue at once."""
+        if self._claiming is not None:
+            await asyncio.gather(self._claiming, return_exceptions=True)
+        tasks = [state.task for state in self.running.values() if state.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.name:
+            released = await run_scheduler_blocking(transitions.release_worker, worker=self.name)
+            if released:
+                logger.info("queue worker %s released its jobs: %s", self.name, released)
+
+
+def _finish_and_store(
+    worker: str, generation: Generation, chunks: list[str], final: dict[str, Any]
+) -> list[Any]:
+    """Write the result to the jobs (as the lease holder) and, if any wants it, to the response
+    cache, in one trip to the worker's thread (a repeat arriving meanwhile finds the entry soon)."""
+    jobs = transitions.finish_generation(
+        worker=worker, generation_id=generation.generation_id, chunks=chunks, final=final
+    )
+    if any(job.use_cache for job in jobs):
+        store_response(
+            key=generation.cache_key,
+            endpoint=generation.endpoint,
+            model=str(generation.payload.get("model", "")),
+            chunks=chunks,
+            final=final,
+        )
+    return jobs
+
+
+def _content(endpoint: str, chunk: dict[str, Any]) -> str:
+    if endpoint == "generate":
+        return str(chunk.get("response", ""))
+    return str((chunk.get("message") or {}).get("content", ""))
+
+
+RESTART_DELAY_SECONDS = 1.0
+
+
+async def supervise() -> None:
+    """Run a worker for ever, starting a new one if it dies (its jobs were handed back)."""
+    while True:
+        try:
+            await QueueWorker().run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("queue worker died; restarting")
+        await asyncio.sleep(RESTART_DELAY_SECONDS)
+
+
+def start_embedded_worker(loop: asyncio.AbstractEventLoop) -> asyncio.Task[None] | None:
+    """Run a worker inside this server process (the embedded default)."""
+    if not settings.QUEUE_EMBEDDED_WORKER:
+        return None
+    logger.info("embedded queue worker starting")
+    return loop.create_task(supervise())
+
+
+def run_until_signalled() -> None:
+    """``runworker``: run until SIGTERM or SIGINT, then shut down cleanly."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    prepare_process(loop)
+    task = loop.create_task(supervise())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        loop.run_until_complete(task)
+    loop.run_until_complete(close_client())
+    loop.close()
