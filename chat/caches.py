@@ -29,8 +29,9 @@ logger = logging.getLogger(__name__)
 
 RESPONSES = "responses"
 CONVERSATIONS = "conversations"
-# Bump when the stored format changes: old entries are then simply never read again.
-KEY_VERSION = "v1"
+# Bump when the stored format changes: old entries are then simply never read again. v2: chunks are
+# generation-record chunks (content, thinking, tool calls...), not content strings.
+KEY_VERSION = "v2"
 LRU_RESOLUTION_SECONDS = 1.0
 TOUCH_MEMO_SIZE = 10_000  # keys whose last LRU refresh this process remembers
 
@@ -39,36 +40,20 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def response_key(
-    *,
-    endpoint: str,
-    model: str,
-    messages: list[dict[str, Any]] | None = None,
-    prompt: str | None = None,
-    system: str | None = None,
-    options: dict[str, Any] | None = None,
-    format: Any = None,
-    owner: str = "",
-    extra: dict[str, Any] | None = None,
-) -> str:
-    """SHA-256 of everything that changes the answer (never ``stream`` or ``keep_alive``).
+# Never part of a key: how the answer is delivered, not what it is.
+NOT_IN_KEY = ("stream", "keep_alive")
 
-    ``extra`` carries an endpoint's other answer-changing fields (tools, images, context...).
-    """
+
+def response_key(*, endpoint: str, request: dict[str, Any], owner: str = "") -> str:
+    """SHA-256 of everything that changes the answer: the request Ollama gets (minus ``stream`` and
+    ``keep_alive``) on its endpoint, and the owner (unless owners share the cache)."""
     if settings.SHARED_CACHE:
         owner = ""  # owners share answers (their requests and conversations stay their own)
     subject = {
         "endpoint": endpoint,
-        "model": model,
-        "messages": messages,
-        "prompt": prompt,
-        "system": system,
-        "options": options or {},
-        "format": format,
+        "request": {k: v for k, v in request.items() if k not in NOT_IN_KEY},
         "owner": owner,
     }
-    if extra:
-        subject["extra"] = extra
     digest = hashlib.sha256(canonical_json(subject).encode()).hexdigest()
     return f"{KEY_VERSION}:{digest}"
 
@@ -256,8 +241,41 @@ conversation_cache = SizedCache(
 )
 
 
-def store_response(*, key: str, endpoint: str, model: str, chunks: list[str], final: dict[str, Any]) -> bool:
+def store_response(
+    *, key: str, endpoint: str, model: str, chunks: list[dict[str, Any]], final: dict[str, Any]
+) -> bool:
     """Cache a complete, successful generation so a hit replays it chunk for chunk."""
     if not settings.CACHE_ENABLED:
         return False
     return response_cache.set(key, {"endpoint": endpoint, "model": model, "chunks": chunks, "final": final})
+
+
+# --- "give me another answer" ---------------------------------------------------------------------
+# A chat front-end's Regenerate re-sends the identical request. When a request samples (no seed, a
+# temperature that is not 0) and the same owner was served that answer within
+# [cache] regenerate_within_seconds, it asks for a new sample: it is generated afresh and its answer
+# replaces the stored one. Deterministic requests, other owners' requests (with a shared cache) and
+# identical requests in flight together are not affected. The marks live in the `default` cache
+# (this process's memory on the embedded default, which has one process; Redis scaled out, so every
+# process sees them).
+
+
+def _served_mark(owner: str, key: str) -> str:
+    return f"served:{owner}:{key}"
+
+
+def wants_new_sample(*, owner: str, key: str) -> bool:
+    """Whether a sampling request repeats one this owner was served within the window; marks it
+    served either way (one round trip to the cache)."""
+    window = settings.CACHE_REGENERATE_WITHIN_SECONDS
+    if not window:
+        return False
+    cache = caches["default"]
+    try:
+        repeated = not cache.add(_served_mark(owner, key), 1, timeout=window)
+        if repeated:
+            cache.touch(_served_mark(owner, key), timeout=window)
+    except Exception as exc:  # noqa: BLE001 - a failing cache means "no rule", never an error
+        logger.warning("regenerate rule skipped, cache unavailable: %s", exc)
+        return False
+    return repeated

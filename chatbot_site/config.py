@@ -160,6 +160,9 @@ class CacheConfig:
     max_size_mb: float = setting(256.0, "CACHE_MAX_SIZE_MB", between(0, 1_000_000))
     ttl_seconds: int = setting(3600, "CACHE_TTL_SECONDS", between(1, 31_536_000))
     enabled: bool = setting(True, "CACHE_ENABLED")
+    # A sampling request (no seed, temperature not 0) the same owner repeats within this many seconds
+    # of being served is a request for a new answer (a chat UI's Regenerate). 0 turns the rule off.
+    regenerate_within_seconds: int = setting(300, "CACHE_REGENERATE_WITHIN_SECONDS", between(0, 86_400))
 
 
 @dataclass(frozen=True)

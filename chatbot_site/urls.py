@@ -10,8 +10,10 @@ from django.contrib.staticfiles.views import serve as staticfiles_serve
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
 
-from gateway.http import json_error
+from core.errors import ApiError
+from gateway.http import anthropic_error, error_response, json_error, openai_error
 from gateway.openapi import schema_view
+from gateway.views import anthropic as anthropic_api
 from gateway.views import chat as chat_views
 from gateway.views import ollama as ollama_api
 from gateway.views import openai as openai_api
@@ -49,6 +51,7 @@ urlpatterns = [
     # OpenAI's API, for the openai SDK and what is built on it.
     path("v1/chat/completions", openai_api.chat_completions, name="openai-chat-completions"),
     path("v1/models", openai_api.models, name="openai-models"),
+    path("v1/messages", anthropic_api.messages, name="anthropic-messages"),
     path("api/chat-queue/stream", queue_views.chat_queue_stream, name="chat-queue-stream"),
     path("admin/", admin.site.urls),
     path(f"{settings.STATIC_URL.strip('/')}/<path:path>", static),
@@ -64,7 +67,13 @@ def permission_denied(request: HttpRequest, exception: Any = None) -> JsonRespon
 
 
 def not_found(request: HttpRequest, exception: Any = None) -> JsonResponse:
-    return json_error(404, "not_found", f"No endpoint at {request.path}.")
+    error = ApiError(f"No endpoint at {request.path}.", code="not_found", status=404)
+    if request.path_info.startswith("/v1/messages/"):
+        # count_tokens, batches: Ollama serves neither (a 404), in Anthropic's shape here.
+        return anthropic_error(error)
+    if request.path_info.startswith("/v1/"):
+        return openai_error(error)  # the OpenAI SDKs show the reason only in their own shape
+    return error_response(error)
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> JsonResponse:

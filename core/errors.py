@@ -13,6 +13,7 @@ snake_case code, a human sentence; each surface renders it in its own dialect (`
         ├── OllamaTimeout     504 ollama_timeout (connect, first token, idle, whole generation)
         ├── OllamaModelNotFound 404 model_not_found
         ├── OllamaBadResponse 502 ollama_bad_response (malformed or cut stream)
+        ├── OllamaRejected    400 ollama_rejected (Ollama's own 400, its words)
         └── OllamaBusy        503 ollama_busy, Retry-After
 
 Ollama's failures are translated into the ``Ollama*`` classes in ``core.ollama``; nothing above it
@@ -96,6 +97,12 @@ class OllamaModelNotFound(OllamaError):
 
 class OllamaBadResponse(OllamaError):
     status, code = 502, "ollama_bad_response"
+
+
+class OllamaRejected(OllamaError):
+    """Ollama refused the request itself (400): its words are the message, as Ollama wrote them."""
+
+    status, code = 400, "ollama_rejected"
 
 
 class OllamaBusy(OllamaError):

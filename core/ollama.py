@@ -24,6 +24,7 @@ from core.errors import (
     OllamaBusy,
     OllamaError,
     OllamaModelNotFound,
+    OllamaRejected,
     OllamaTimeout,
     OllamaUnavailable,
 )
@@ -192,7 +193,7 @@ class OllamaClient:
         if status == 503:
             return OllamaBusy(f"Ollama is busy: {message}")
         if status == 400:
-            return OllamaError(f"Ollama rejected the request: {message}", status=400, code="ollama_rejected")
+            return OllamaRejected(message)
         return OllamaError(f"Ollama answered HTTP {status}: {message}")
 
 

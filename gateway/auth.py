@@ -81,7 +81,10 @@ def authenticate(request: HttpRequest) -> str:
         return ""
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
-        raise Unauthorized("This API needs an API key: Authorization: Bearer <key>.")
+        # Anthropic's clients send the key as x-api-key.
+        scheme, presented = "bearer", request.headers.get("X-Api-Key", "")
+    if not presented.strip():
+        raise Unauthorized("This API needs an API key: Authorization: Bearer <key> (or x-api-key).")
     owner = owner_for_key(presented.strip())
     if owner is None:
         raise Unauthorized("The API key is not valid.", code="invalid_api_key")

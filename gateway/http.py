@@ -8,6 +8,7 @@ is decided for the view the URL resolved to, never from a list of paths.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -64,6 +65,23 @@ def openai_error(exc: ApiError) -> JsonResponse:
     if exc.status == 429:
         kind = "rate_limit_error"
     body = {"error": {"message": exc.message, "type": kind, "param": None, "code": exc.code}}
+    return _with_retry_after(JsonResponse(body, status=exc.status), exc)
+
+
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
+    529: "overloaded_error",
+}  # fmt: skip
+
+
+def anthropic_error(exc: ApiError) -> JsonResponse:
+    """Anthropic's shape, with its error types by status."""
+    body = {
+        "type": "error",
+        "error": {"type": ANTHROPIC_TYPES.get(exc.status, "api_error"), "message": exc.message},
+        "request_id": f"req_{uuid.uuid4().hex[:24]}",
+    }
     return _with_retry_after(JsonResponse(body, status=exc.status), exc)
 
 

@@ -289,7 +289,17 @@ def document() -> dict[str, Any]:
                     "summary": "Chat, through the cache and the scheduler; SSE with `stream: true`.",
                     "responses": {
                         "200": {
-                            "description": "The answer, or its SSE stream.",
+                            "description": (
+                                "The answer (`message` with `content`, and `thinking` and `tool_calls` "
+                                "when the model sent them), or its SSE stream: "
+                                '`data: {"content":"…","done":false,"cached":false}` per chunk, '
+                                '`data: {"thinking":"…","done":false,"cached":false}` for a chunk of '
+                                'thinking, `data: {"tool_calls":[…],"done":false,"cached":false}` for '
+                                'tool calls, then `data: {"done":true,"cached":…,"done_reason":…,'
+                                '"metrics":{…}}`; '
+                                "`event: queue` frames while waiting, `event: error` for a failure after "
+                                "streaming began, `: ping` comments after silence."
+                            ),
                             "content": {JSON: {"schema": ref("ChatAnswer")}, SSE: {"schema": SSE_EVENT}},
                             "links": {
                                 name: {

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from django.http import HttpRequest
+
 from chat.conversations import append_conversation, fit_history, get_conversation
 from core.errors import ApiError
-from core.generation import metrics
+from core.generation import Answer, Chunk, metrics
 from core.pump import Pump
 from core.runtime import run_blocking
 from gateway import payloads
+from gateway.http import owner_of
 from gateway.schemas import ChatOptimizedBody
 from queueing import live
 from queueing.follow import follow_request
@@ -37,7 +39,7 @@ class _Replay:
     """A cached entry's events, with ``Pump``'s interface but no task: they are all here already."""
 
     def __init__(self, entry: dict[str, Any]) -> None:
-        events = [live.Event("chunk", content=chunk) for chunk in entry["chunks"]]
+        events = [live.Event("chunk", chunk=chunk) for chunk in entry["chunks"]]
         events.append(live.Event("done", final=entry.get("final") or {}))
         self.events = iter(events)
 
@@ -56,7 +58,7 @@ class GenerationSession:
         self.cached = False
         self.job_id: uuid.UUID | None = None
         self.finished = False
-        self.chunks: list[str] = []
+        self.chunks: list[Chunk] = []
         self.final: dict[str, Any] = {}
         self._pump: Pump[live.Event] | _Replay | None = None
 
@@ -84,7 +86,7 @@ class GenerationSession:
         if event is None:
             return None
         if event.kind == "chunk":
-            self.chunks.append(event.content)
+            self.chunks.append(event.chunk)
         elif event.kind == "restart":
             self.chunks.clear()
         elif event.kind == "done":
@@ -137,14 +139,14 @@ class GenerationSession:
         finally:
             await asyncio.shield(self.close())
 
-    async def answer(self) -> str:
+    async def answer(self) -> Answer:
         """The whole answer (non-streaming); raises the mapped ApiError on failure."""
         async for event in self.events([]):
             if event.kind == "error":
                 assert event.error is not None
                 raise event.error
             if event.kind == "done":
-                return "".join(self.chunks)
+                return Answer.of(self.chunks)
         raise ApiError("The generation ended without an answer.", code="no_answer", status=502)
 
     async def close(self) -> None:
@@ -160,14 +162,13 @@ class GenerationSession:
 class ChatSession(GenerationSession):
     """``/api/chat-optimized``: a generation plus conversation memory."""
 
-    def __init__(self, body: ChatOptimizedBody, owner: str) -> None:
-        model = payloads.chat_model(body)
+    def __init__(self, request: HttpRequest, body: ChatOptimizedBody) -> None:
         spec = JobSpec(
-            kind=Kind.INTERACTIVE, endpoint="chat", model=model, payload={}, cache_key="",
-            owner=owner, priority=body.priority, use_cache=body.use_cache,
+            kind=Kind.INTERACTIVE, endpoint="chat", model=payloads.chat_model(body), payload={},
+            cache_key="", owner=owner_of(request),
         )  # fmt: skip
         super().__init__(spec)
-        self.body = body
+        self.request, self.body = request, body
         self.new_messages = payloads.messages_of(body)
         self.conversation_id: str | None = None
         self.history: list[dict[str, Any]] = []
@@ -184,10 +185,13 @@ class ChatSession(GenerationSession):
             )
             self.history = fit_history(stored["messages"], self.new_messages)
         messages = [*self.history, *self.new_messages]
-        self.spec = dataclasses.replace(
-            self.spec,
+        self.spec = await payloads.spec_for(
+            self.request,
+            endpoint="chat",
             payload=payloads.chat_payload(self.body, messages),
-            cache_key=payloads.chat_key(self.body, messages, self.spec.owner),
+            samples=self.body.samples(),
+            priority=self.body.priority,
+            use_cache=self.body.use_cache,
         )
         await super().start()
 
@@ -200,7 +204,7 @@ class ChatSession(GenerationSession):
                 model=self.spec.model,
                 history=self.history,
                 new=self.new_messages,
-                reply={"role": "assistant", "content": "".join(self.chunks)},
+                reply=Answer.of(self.chunks).message(),
             )
 
     def done_extra(self) -> dict[str, Any]:
@@ -208,24 +212,12 @@ class ChatSession(GenerationSession):
 
     async def answer_body(self) -> dict[str, Any]:
         """The chat-optimized non-streaming body."""
-        content = await self.answer()
+        answer = await self.answer()
         return {
-            "message": {"role": "assistant", "content": content},
+            "message": answer.message(),
             "cached": self.cached,
             "model": self.spec.model,
             "done_reason": str(self.final.get("done_reason", "")),
             "metrics": metrics(self.final),
             **self.done_extra(),
         }
-
-
-def interactive(*, endpoint: str, model: str, payload: dict[str, Any], cache_key: str, owner: str) -> JobSpec:
-    """The spec of a generation a caller waits for on the connection."""
-    return JobSpec(
-        kind=Kind.INTERACTIVE,
-        endpoint=endpoint,
-        model=model,
-        payload=payload,
-        cache_key=cache_key,
-        owner=owner,
-    )

@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
-from core.generation import metrics
+from core.generation import Chunk, metrics
 from core.pump import Pump
 from queueing.live import Event
 
@@ -34,8 +34,19 @@ def frame(data: dict[str, Any], event: str | None = None) -> bytes:
     return f"{head}data: {payload}\n\n".encode()
 
 
-def content_frame(content: str, *, cached: bool) -> bytes:
-    return frame({"content": content, "done": False, "cached": cached})
+def chunk_frame(chunk: Chunk, *, cached: bool) -> bytes:
+    """One record chunk: ``content`` as the plain format has it, ``thinking`` and ``tool_calls``
+    beside it when the model sent them (a chunk of thinking alone carries no ``content``)."""
+    data: dict[str, Any] = {}
+    content = chunk.get("content") or ""
+    if content or not (chunk.get("thinking") or chunk.get("tool_calls")):
+        data["content"] = content
+    for key in ("thinking", "tool_calls"):
+        if chunk.get(key):
+            data[key] = chunk[key]
+    data["done"] = False
+    data["cached"] = cached
+    return frame(data)
 
 
 def done_frame(*, cached: bool, **extra: Any) -> bytes:
@@ -52,7 +63,7 @@ async def event_frames(
     """A request's events as SSE frames in the chat-optimized format."""
     async for event in events:
         if event.kind == "chunk":
-            yield content_frame(event.content, cached=cached)
+            yield chunk_frame(event.chunk, cached=cached)
         elif event.kind == "position":
             yield frame(event.status, event="queue")
         elif event.kind == "restart":
@@ -69,7 +80,9 @@ async def event_frames(
             yield error_frame(event.error.message, event.error.code)
 
 
-async def with_heartbeat(frames: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
+async def with_heartbeat(
+    frames: AsyncIterator[bytes], interval: float, ping: bytes = PING
+) -> AsyncIterator[bytes]:
     """Pass frames through, adding a ping comment whenever ``interval`` passes without one.
 
     Frames are read by a ``Pump``; each write takes every frame already waiting, so under load
@@ -83,7 +96,7 @@ async def with_heartbeat(frames: AsyncIterator[bytes], interval: float) -> Async
             try:
                 frame = await pump.get(interval)
             except TimeoutError:
-                yield PING
+                yield ping
                 continue
             batch: list[bytes] = []
             while frame is not None:
@@ -104,11 +117,12 @@ async def with_heartbeat(frames: AsyncIterator[bytes], interval: float) -> Async
 
 
 def sse_response(
-    frames: AsyncIterator[bytes], *, headers: dict[str, str] | None = None
+    frames: AsyncIterator[bytes], *, headers: dict[str, str] | None = None, ping: bytes = PING
 ) -> StreamingHttpResponse:
-    """A streaming ``text/event-stream`` response that proxies must not buffer."""
+    """A streaming ``text/event-stream`` response that proxies must not buffer; ``ping`` is the
+    heartbeat (a comment by default; a surface may have its own, such as Anthropic's ping event)."""
     response = StreamingHttpResponse(
-        with_heartbeat(frames, settings.SSE_HEARTBEAT_SECONDS), content_type="text/event-stream"
+        with_heartbeat(frames, settings.SSE_HEARTBEAT_SECONDS, ping), content_type="text/event-stream"
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from core.errors import ApiError, error_from_code
+from core.generation import Chunk
 from core.runtime import run_blocking
 from queueing import policy, selectors, transitions
 from queueing.layer import Inbox
@@ -50,7 +51,7 @@ class Follower:
         self.generation: uuid.UUID | None = None
         self.emitted = 0  # chunks of it already yielded
         self.have_snapshot = False  # the worker's replay arrived: buffered chunks may go out
-        self.buffered: dict[int, str] = {}  # sequence number -> chunk content
+        self.buffered: dict[int, Chunk] = {}  # sequence number -> record chunk
         self.replay_asked = 0.0
         self.out: list[Event] = []  # what the handling of one message produced
         self.ended = False
@@ -117,7 +118,7 @@ class Follower:
                 self.out.append(Event("restart"))
                 self.emitted = 0
             for chunk in (job.result_chunks or [])[self.emitted :]:
-                self.out.append(Event("chunk", content=chunk))
+                self.out.append(Event("chunk", chunk=chunk))
             self.out.append(Event("done", final=job.result_final or {}))
         elif job.status == Status.FAILED:
             self.out.append(Event("error", error=error_from_code(job.error_code, job.error_message)))
@@ -163,7 +164,7 @@ class Follower:
         if not self.have_snapshot:
             return
         while self.emitted in self.buffered:
-            self.out.append(Event("chunk", content=self.buffered.pop(self.emitted)))
+            self.out.append(Event("chunk", chunk=self.buffered.pop(self.emitted)))
             self.emitted += 1
         for seq in [s for s in self.buffered if s < self.emitted]:
             del self.buffered[seq]
@@ -178,7 +179,7 @@ class Follower:
         self.buffered.update(dict(enumerate(message["chunks"])))
 
     async def on_gen_chunk(self, message: dict[str, Any]) -> None:
-        self.buffered[message["seq"]] = message["content"]
+        self.buffered[message["seq"]] = message["chunk"]
 
     async def on_gen_end(self, message: dict[str, Any]) -> None:
         count = message.get("chunks", 0)
@@ -192,7 +193,7 @@ class Follower:
             return
         # Completed, and every chunk is here: finish without reading the row again.
         for seq in range(self.emitted, count):
-            self.out.append(Event("chunk", content=self.buffered[seq]))
+            self.out.append(Event("chunk", chunk=self.buffered[seq]))
         self.out.append(Event("done", final=message.get("final") or {}))
         self.ended = True
 

@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 
 from core.errors import ApiError
+from core.generation import Chunk
 from queueing.layer import group_send, send_to
 
 
@@ -54,7 +55,11 @@ class Event:
     """What a follower of a request sees, in order."""
 
     kind: str  # "position" | "chunk" | "restart" | "done" | "error"
-    content: str = ""
+    chunk: Chunk = field(default_factory=dict)  # chunk: one chunk of the generation record
     status: dict[str, Any] = field(default_factory=dict)  # position: the queue status block
     final: dict[str, Any] = field(default_factory=dict)  # done: Ollama's final chunk (metrics)
     error: ApiError | None = None
+
+    @property
+    def content(self) -> str:
+        return str(self.chunk.get("content") or "")

@@ -20,8 +20,10 @@ class JobSpec:
     cache_key: str  # identical requests share it (dedup, response cache)
     priority: int = 0
     owner: str = ""
-    use_cache: bool = True
+    use_cache: bool = True  # store the answer in the response cache
     idempotency_key: str | None = None
+    read_cache: bool = True  # may be answered from the response cache
+    samples: bool = False  # draws a random answer (no seed, temperature not 0): see wants_new_sample
 
     @property
     def interactive(self) -> bool:

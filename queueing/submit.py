@@ -6,14 +6,13 @@ blocking pool; a cancellation also stops the upstream generation when nobody els
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
 
-from chat.caches import response_cache
+from chat.caches import response_cache, wants_new_sample
 from core.errors import ApiError
 from core.runtime import run_blocking
 from queueing import live, selectors, transitions
@@ -22,17 +21,21 @@ from queueing.spec import JobSpec
 from stats import counters
 
 
-def cached_entry(key: str, *, use_cache: bool) -> dict[str, Any] | None:
-    """The cached entry for ``key`` (counted as a hit or miss), or None when bypassed or missing."""
-    if not (use_cache and settings.CACHE_ENABLED):
+def cached_entry(spec: JobSpec) -> dict[str, Any] | None:
+    """The cached entry for the request (counted as a hit or miss), or None when bypassed, missing,
+    or when the owner asks again for a new sample of an answer it was just served."""
+    if not (spec.read_cache and settings.CACHE_ENABLED):
         return None
-    entry: dict[str, Any] | None = response_cache.get(key)
+    if spec.samples and wants_new_sample(owner=spec.owner, key=spec.cache_key):
+        counters.incr(counters.REGENERATED)
+        return None
+    entry: dict[str, Any] | None = response_cache.get(spec.cache_key)
     return entry
 
 
 def answer_or_enqueue(spec: JobSpec) -> dict[str, Any] | transitions.Enqueued:
     """The cached entry, or the request enqueued (blocking)."""
-    entry = cached_entry(spec.cache_key, use_cache=spec.use_cache)
+    entry = cached_entry(spec)
     if entry is not None:
         return entry
     return transitions.enqueue_request(spec)
@@ -82,7 +85,3 @@ def cancel_many(job_ids: list[uuid.UUID]) -> int:
         return done
 
     return async_to_sync(run)()
-
-
-def with_kind(spec: JobSpec, kind: str) -> JobSpec:
-    return dataclasses.replace(spec, kind=kind)

@@ -28,6 +28,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from core.errors import ApiError, Conflict, TooManyRequests
+from core.generation import Chunk, content_of
 from queueing import policy, selectors
 from queueing.models import ACTIVE, TERMINAL, Job, JobQuerySet, Kind, Status
 from queueing.spec import Claim, JobSpec
@@ -122,7 +123,7 @@ def complete_from_cache(spec: JobSpec, entry: dict[str, Any]) -> Job:
     final = entry.get("final") or {}
     job = _new_job(
         spec, status=Status.COMPLETED, started_at=now, finished_at=now, cached=True,
-        result_chunks=entry["chunks"], result_content="".join(entry["chunks"]), result_final=final,
+        result_chunks=entry["chunks"], result_content=content_of(entry["chunks"]), result_final=final,
         done_reason=str(final.get("done_reason", "stop")),
     )  # fmt: skip
     job.save(force_insert=True)
@@ -238,7 +239,7 @@ def renew_leases(*, worker: str) -> set[uuid.UUID]:
 
 
 def finish_generation(
-    *, worker: str, generation_id: uuid.UUID, chunks: list[str], final: dict[str, Any]
+    *, worker: str, generation_id: uuid.UUID, chunks: list[Chunk], final: dict[str, Any]
 ) -> list[Job]:
     """Write the result to every live job of the generation, if ``worker`` still holds its lease."""
     now = timezone.now()
@@ -249,7 +250,7 @@ def finish_generation(
             status=Status.COMPLETED,
             finished_at=now,
             result_chunks=chunks,
-            result_content="".join(chunks),
+            result_content=content_of(chunks),
             result_final=final,
             done_reason=str(final.get("done_reason", "")),
         )

@@ -25,6 +25,7 @@ from django.conf import settings
 
 from chat.caches import store_response
 from core.errors import ApiError, OllamaError
+from core.generation import Chunk, record_chunk, split_final
 from core.ollama import close_client, get_client
 from core.runtime import prepare_process, run_scheduler_blocking
 from queueing import live, policy, transitions
@@ -34,16 +35,12 @@ from stats import counters, metrics
 
 logger = logging.getLogger(__name__)
 
-# What the final chunk carries besides metrics and done_reason (``context`` is kept: /api/generate
-# callers continue from it).
-_NOT_METRICS = {"model", "created_at", "message", "response", "done", "thinking"}
-
 
 @dataclass
 class Running:
     generation: Generation
     task: asyncio.Task[None] | None = None
-    chunks: list[str] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)
 
 
 class QueueWorker:
@@ -159,21 +156,15 @@ class QueueWorker:
         started = time.monotonic()
         try:
             final: dict[str, Any] = {}
-            async for chunk in get_client().stream(f"/api/{generation.endpoint}", generation.payload):
+            async for raw in get_client().stream(f"/api/{generation.endpoint}", generation.payload):
                 if not state.chunks:
                     metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - started)
-                if chunk.get("done"):
-                    final = {k: v for k, v in chunk.items() if k not in _NOT_METRICS}
+                if raw.get("done"):
+                    last, final = split_final(generation.endpoint, raw)
+                    if last is not None:
+                        await self._publish(state, group, last)
                     break
-                content = _content(generation.endpoint, chunk)
-                state.chunks.append(content)
-                message = {
-                    "type": "gen.chunk",
-                    "generation": gid,
-                    "seq": len(state.chunks) - 1,
-                    "content": content,
-                }
-                await quietly("publish", self.layer.group_send(group, message))
+                await self._publish(state, group, record_chunk(generation.endpoint, raw))
             jobs = await run_scheduler_blocking(_finish_and_store, self.name, generation, state.chunks, final)
             if jobs:
                 metrics.GENERATION_TIME.observe(time.monotonic() - started)
@@ -200,6 +191,13 @@ class QueueWorker:
             self.running.pop(generation.generation_id, None)
             self._wake.set()
             await live.wake_workers()  # a slot is free: workers elsewhere may claim now
+
+    async def _publish(self, state: Running, group: str, chunk: Chunk) -> None:
+        """Add a chunk to the record and send it to the generation's listeners."""
+        state.chunks.append(chunk)
+        gid = state.generation.generation_id.hex
+        message = {"type": "gen.chunk", "generation": gid, "seq": len(state.chunks) - 1, "chunk": chunk}
+        await quietly("publish", self.layer.group_send(group, message))
 
     async def _fail(self, state: Running, error: ApiError) -> None:
         generation = state.generation
@@ -249,7 +247,7 @@ class QueueWorker:
 
 
 def _finish_and_store(
-    worker: str, generation: Generation, chunks: list[str], final: dict[str, Any]
+    worker: str, generation: Generation, chunks: list[Chunk], final: dict[str, Any]
 ) -> list[Any]:
     """Write the result to the jobs (as the lease holder) and, if any wants it, to the response
     cache, in one trip to the worker's thread (a repeat arriving meanwhile finds the entry soon)."""
@@ -265,12 +263,6 @@ def _finish_and_store(
             final=final,
         )
     return jobs
-
-
-def _content(endpoint: str, chunk: dict[str, Any]) -> str:
-    if endpoint == "generate":
-        return str(chunk.get("response", ""))
-    return str((chunk.get("message") or {}).get("content", ""))
 
 
 RESTART_DELAY_SECONDS = 1.0

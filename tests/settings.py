@@ -9,6 +9,10 @@ import os
 import uuid
 
 os.environ.setdefault("REDIS_KEY_PREFIX", f"chatbot-test-{uuid.uuid4().hex[:8]}")
+# The suite counts upstream calls of repeated requests to test the cache itself: the rule that turns
+# a sampled repeat into a fresh answer (on by default) is off for it, and on in the tests of the rule
+# (tests/gateway/test_regenerate.py). Servers the tests start inherit the environment.
+os.environ.setdefault("CACHE_REGENERATE_WITHIN_SECONDS", "0")
 
 from chatbot_site.settings import *  # noqa: F403
 

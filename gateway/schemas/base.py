@@ -125,7 +125,8 @@ class Limit:
 
 # --- errors -> our codes ---------------------------------------------------------------------------
 
-# Custom error types that are our codes already (raised by validators in the schemas).
+# Custom error types that are our codes already (raised by validators in the schemas; so is every
+# "invalid_..." type, which pydantic's own types never are but for invalid_key).
 OUR_CODES = {
     "invalid_json", "invalid_text", "invalid_model", "invalid_format", "unsupported_parameter",
     "invalid_conversation_id", "invalid_request_id", "unknown_action",
@@ -178,8 +179,8 @@ def to_api_error(model: type[Strict], exc: ValidationError) -> BadRequest:
         return BadRequest(f"{where} contains a NUL character.", code="invalid_text")
     if kind == "finite_number":
         return BadRequest(f"{where} must be a finite number.", code="invalid_json")
-    if kind in OUR_CODES:
-        return BadRequest(msg, code=kind)
+    if kind in OUR_CODES or (kind.startswith("invalid_") and kind != "invalid_key"):
+        return BadRequest(msg, code=kind)  # raised by our own validators, with our code and words
     if kind == "extra_forbidden":
         code, template = model.unknown_field
         if len(loc) == 1:

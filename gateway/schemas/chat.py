@@ -17,6 +17,8 @@ CHAT_CODES = {
     "format": "invalid_format",
     "keep_alive": "invalid_keep_alive",
     "conversation_id": "invalid_conversation_id",
+    "think": "invalid_think",
+    "tools": "invalid_tools",
 }
 
 

@@ -20,7 +20,7 @@ from gateway.sse import event_frames, sse_response
 
 @api_view("POST", body=ChatOptimizedBody)
 async def chat_optimized(request: HttpRequest, body: ChatOptimizedBody) -> HttpResponseBase:
-    session = ChatSession(body, owner=owner_of(request))
+    session = ChatSession(request, body)
     await session.start()
     headers = {"X-Conversation-ID": session.conversation_id} if session.conversation_id else {}
     if not body.stream:

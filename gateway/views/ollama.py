@@ -18,12 +18,13 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 
 from chat.caches import response_cache, response_key
+from core.generation import Answer, Chunk
 from core.ollama import get_client
 from core.runtime import run_blocking
 from gateway import payloads
 from gateway.http import api_view, ollama_error, owner_of
 from gateway.schemas import EmbedBody, OllamaChatBody, OllamaGenerateBody, ShowBody
-from gateway.session import GenerationSession, interactive
+from gateway.session import GenerationSession
 
 
 def ollama_view(
@@ -44,60 +45,87 @@ async def _load_or_unload(path: str, payload: dict[str, Any]) -> JsonResponse:
 @ollama_view("POST", body=OllamaChatBody)
 async def chat(request: HttpRequest, body: OllamaChatBody) -> HttpResponseBase:
     """``POST /api/chat``."""
-    payload, key = payloads.ollama_chat(body, owner_of(request))
-    if not body.messages:
-        return await _load_or_unload("/api/chat", payload)
-    return await _generate(request, "chat", payload, key, stream=body.stream)
+    payload = payloads.ollama_chat(body)
+    if not body.messages or body.debug_render_only:
+        return await _pass_through("/api/chat", payload, body.debug_render_only)
+    return await _generate(request, "chat", payload, samples=body.samples(), stream=body.stream)
 
 
 @ollama_view("POST", body=OllamaGenerateBody)
 async def generate(request: HttpRequest, body: OllamaGenerateBody) -> HttpResponseBase:
     """``POST /api/generate``."""
-    payload, key = payloads.ollama_generate(body, owner_of(request))
-    if not body.prompt:
-        return await _load_or_unload("/api/generate", payload)
-    return await _generate(request, "generate", payload, key, stream=body.stream)
+    payload = payloads.ollama_generate(body)
+    if not body.prompt or body.debug_render_only:
+        return await _pass_through("/api/generate", payload, body.debug_render_only)
+    return await _generate(request, "generate", payload, samples=body.samples(), stream=body.stream)
 
 
-def _chunk(endpoint: str, model: str, content: str) -> dict[str, Any]:
+async def _pass_through(path: str, payload: dict[str, Any], render_only: bool | None) -> JsonResponse:
+    """An empty prompt only loads (or, with keep_alive 0, unloads) the model; a render-only request
+    generates nothing. Neither is queued nor cached: passed straight to Ollama."""
+    if render_only:
+        payload = {**payload, "_debug_render_only": True, "stream": False}
+    return JsonResponse(await get_client().request_json("POST", path, payload))
+
+
+def native_chunk(endpoint: str, model: str, chunk: Chunk, *, done: bool = False) -> dict[str, Any]:
+    """A record chunk in Ollama's own framing."""
     out: dict[str, Any] = {"model": model, "created_at": _now()}
     if endpoint == "chat":
-        out["message"] = {"role": "assistant", "content": content}
+        message: dict[str, Any] = {"role": "assistant", "content": chunk.get("content") or ""}
+        message.update({k: v for k, v in chunk.items() if k not in ("content", "logprobs")})
+        out["message"] = message
     else:
-        out["response"] = content
-    out["done"] = False
+        out["response"] = chunk.get("content") or ""
+        if chunk.get("thinking"):
+            out["thinking"] = chunk["thinking"]
+    out["done"] = done
+    if chunk.get("logprobs"):
+        out["logprobs"] = chunk["logprobs"]
     return out
 
 
-def _final(endpoint: str, model: str, final: dict[str, Any], content: str = "") -> dict[str, Any]:
-    out = _chunk(endpoint, model, content)
-    out["done"] = True
+def native_final(
+    endpoint: str, model: str, final: dict[str, Any], last: Chunk | None = None
+) -> dict[str, Any]:
+    out = native_chunk(endpoint, model, last or {}, done=True)
     out.update(final)
-    if "done_reason" not in out:
-        out["done_reason"] = "stop"
+    out.setdefault("done_reason", "stop")
     return out
+
+
+def _whole(endpoint: str, model: str, answer: Answer, final: dict[str, Any]) -> dict[str, Any]:
+    """The non-streaming answer: every chunk added up in one object."""
+    if endpoint == "chat":
+        last: Chunk = {k: v for k, v in answer.message().items() if k != "role"}
+    else:
+        last = {"content": answer.text}
+        if answer.thinking:
+            last["thinking"] = answer.thought
+    if answer.logprobs:
+        last["logprobs"] = answer.logprobs
+    return native_final(endpoint, model, final, last)
 
 
 async def _generate(
-    request: HttpRequest, endpoint: str, payload: dict[str, Any], key: str, *, stream: bool
+    request: HttpRequest, endpoint: str, payload: dict[str, Any], *, samples: bool, stream: bool
 ) -> HttpResponseBase:
     model = payload["model"]
-    spec = interactive(
-        endpoint=endpoint, model=model, payload=payload, cache_key=key, owner=owner_of(request)
+    session = GenerationSession(
+        await payloads.spec_for(request, endpoint=endpoint, payload=payload, samples=samples)
     )
-    session = GenerationSession(spec)
     await session.start()
     if not stream:
-        content = await session.answer()
-        return JsonResponse(_final(endpoint, model, session.final, content))
+        answer = await session.answer()
+        return JsonResponse(_whole(endpoint, model, answer, session.final))
     first = await session.first_events()
 
     async def lines() -> AsyncIterator[bytes]:
         async for event in session.events(first):
             if event.kind == "chunk":
-                yield json.dumps(_chunk(endpoint, model, event.content)).encode() + b"\n"
+                yield json.dumps(native_chunk(endpoint, model, event.chunk)).encode() + b"\n"
             elif event.kind == "done":
-                yield json.dumps(_final(endpoint, model, event.final)).encode() + b"\n"
+                yield json.dumps(native_final(endpoint, model, event.final)).encode() + b"\n"
             elif event.kind == "error":
                 assert event.error is not None
                 # As Ollama does: an error after streaming began is a last {"error": ...} line.
@@ -109,12 +137,8 @@ async def _generate(
 @ollama_view("POST", body=EmbedBody)
 async def embed(request: HttpRequest, body: EmbedBody) -> HttpResponseBase:
     """``POST /api/embed``: passed through, cached by model and input."""
-    sent = body.fields_set()
-    options = body.options.fields_set() if body.options else None
-    key = response_key(
-        endpoint="embed", model=body.model, options=options, owner=owner_of(request),
-        extra={k: sent.get(k) for k in ("input", "truncate", "dimensions")},
-    )  # fmt: skip
+    sent = body.native()
+    key = response_key(endpoint="embed", request=sent, owner=owner_of(request))
     cached = await run_blocking(response_cache.get, key) if settings.CACHE_ENABLED else None
     if cached is not None:
         return JsonResponse(cached["body"])

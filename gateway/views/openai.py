@@ -1,5 +1,7 @@
-"""OpenAI's chat completions API, served by the gateway, so the ``openai`` SDK and everything built on
-it get caching, deduplication and queueing. Generations go through the same cache and scheduler."""
+"""OpenAI's API as Ollama's OpenAI layer serves it, through the gateway: the ``openai`` SDK and
+everything built on it get caching, deduplication and queueing. Each request becomes the native
+request Ollama's layer would build (``gateway.schemas.openai``); the generation record is framed
+back as that layer frames it (``middleware/openai.go``)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,14 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
+from core.errors import ApiError
+from core.generation import Answer, Chunk
 from core.ollama import get_client
 from gateway import payloads
-from gateway.http import api_view, openai_error, owner_of
+from gateway.http import api_view, openai_error
 from gateway.schemas import ChatCompletionsBody
-from gateway.session import GenerationSession, interactive
+from gateway.session import GenerationSession
 from gateway.sse import sse_response
-
-FINISH = {"stop": "stop", "length": "length"}
 
 
 def openai_view(
@@ -27,62 +29,148 @@ def openai_view(
     return api_view(*methods, render=openai_error, **declared)
 
 
+def tool_calls_to_openai(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """openai.ToToolCalls: the ids Ollama gave, arguments as a JSON string."""
+    out = []
+    for call in calls or []:
+        function = call.get("function") or {}
+        out.append(
+            {
+                "id": call.get("id", ""),
+                "index": function.get("index", 0),
+                "type": "function",
+                "function": {
+                    "name": function.get("name", ""),
+                    "arguments": json.dumps(function.get("arguments") or {}, separators=(",", ":")),
+                },
+            }
+        )
+    return out
+
+
+def finish_reason(final: dict[str, Any], called_tools: bool) -> str:
+    reason = str(final.get("done_reason") or "stop")
+    return "tool_calls" if reason == "stop" and called_tools else reason
+
+
+def usage(final: dict[str, Any]) -> dict[str, int]:
+    prompt, completion = int(final.get("prompt_eval_count", 0)), int(final.get("eval_count", 0))
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def sse_data(data: Any) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+class ChatCompletionFrames:
+    """A record as Ollama's OpenAI layer frames it (middleware.ChatWriter): the first chunk carries
+    the role, reasoning goes in ``delta.reasoning`` (a chunk with both is split in two), tool calls
+    come whole with their ids, then an empty finish chunk, a usage chunk on request, ``[DONE]``."""
+
+    def __init__(self, model: str, *, include_usage: bool) -> None:
+        self.head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_ollama",
+        }
+        self.include_usage = include_usage
+        self.first_sent = False
+        self.called_tools = False
+
+    def _frame(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return sse_data({**self.head, "choices": choices, **extra})
+
+    def _choice(self, chunk: Chunk, *, reasoning: bool, rest: bool) -> dict[str, Any]:
+        delta: dict[str, Any] = {}
+        if not self.first_sent:
+            delta["role"] = "assistant"
+        if rest:
+            delta["content"] = chunk.get("content") or ""
+        if reasoning and chunk.get("thinking"):
+            delta["reasoning"] = chunk["thinking"]
+        if rest and chunk.get("tool_calls"):
+            delta["tool_calls"] = tool_calls_to_openai(chunk["tool_calls"])
+            self.called_tools = True
+        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+        if rest and chunk.get("logprobs"):
+            choice["logprobs"] = {"content": chunk["logprobs"]}
+        self.first_sent = True
+        return choice
+
+    def chunk(self, chunk: Chunk) -> bytes:
+        if chunk.get("thinking") and (chunk.get("content") or chunk.get("tool_calls")):
+            thought = self._frame([self._choice(chunk, reasoning=True, rest=False)])
+            return thought + self._frame([self._choice(chunk, reasoning=False, rest=True)])
+        return self._frame([self._choice(chunk, reasoning=True, rest=True)])
+
+    def done(self, final: dict[str, Any]) -> bytes:
+        reason = finish_reason(final, self.called_tools)
+        out = self._frame([{"index": 0, "delta": {}, "finish_reason": reason}])
+        if self.include_usage:
+            out += self._frame([], usage=usage(final))
+        return out + b"data: [DONE]\n\n"
+
+
+def error_frame(error: ApiError) -> bytes:
+    """A failure after the stream began, in OpenAI's error shape."""
+    return sse_data(
+        {"error": {"message": error.message, "type": "api_error", "param": None, "code": error.code}}
+    )
+
+
+def chat_completion(model: str, answer: Answer, final: dict[str, Any]) -> dict[str, Any]:
+    """The non-streaming ``chat.completion`` (openai.ToChatCompletion)."""
+    calls = tool_calls_to_openai(answer.tool_calls)
+    message: dict[str, Any] = {"role": "assistant", "content": answer.text}
+    if answer.thinking:
+        message["reasoning"] = answer.thought
+    if calls:
+        message["tool_calls"] = calls
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": message,
+        "finish_reason": finish_reason(final, bool(calls)),
+    }
+    if answer.logprobs:
+        choice["logprobs"] = {"content": answer.logprobs}
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_ollama",
+        "choices": [choice],
+        "usage": usage(final),
+    }
+
+
 @openai_view("POST", body=ChatCompletionsBody)
 async def chat_completions(request: HttpRequest, body: ChatCompletionsBody) -> HttpResponseBase:
     """``POST /v1/chat/completions``."""
-    owner = owner_of(request)
-    model, payload, key = payloads.openai_chat(body, owner)
-    session = GenerationSession(
-        interactive(endpoint="chat", model=model, payload=payload, cache_key=key, owner=owner)
-    )
+    payload = payloads.openai_chat(body)
+    model = str(payload["model"])
+    spec = await payloads.spec_for(request, endpoint="chat", payload=payload, samples=body.samples())
+    session = GenerationSession(spec)
     await session.start()
-    completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    head = {"id": completion_id, "created": created, "model": model, "system_fingerprint": "fp_ollama"}
     if not body.stream:
-        content = await session.answer()
-        return JsonResponse(
-            {
-                **head,
-                "object": "chat.completion",
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": FINISH.get(session.final.get("done_reason", "stop"), "stop"),
-                    }
-                ],
-                "usage": _usage(session.final),
-            }
-        )
+        return JsonResponse(chat_completion(model, await session.answer(), session.final))
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    frames = ChatCompletionFrames(model, include_usage=include_usage)
     first = await session.first_events()
 
-    def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        data = {**head, "object": "chat.completion.chunk", "choices": choices, **extra}
-        return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
-
-    async def frames() -> AsyncIterator[bytes]:
-        yield frame([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    async def stream() -> AsyncIterator[bytes]:
         async for event in session.events(first):
             if event.kind == "chunk":
-                yield frame([{"index": 0, "delta": {"content": event.content}, "finish_reason": None}])
+                yield frames.chunk(event.chunk)
             elif event.kind == "done":
-                reason = FINISH.get(event.final.get("done_reason", "stop"), "stop")
-                yield frame([{"index": 0, "delta": {}, "finish_reason": reason}])
-                if include_usage:
-                    yield frame([], usage=_usage(event.final))
-                yield b"data: [DONE]\n\n"
+                yield frames.done(event.final)
             elif event.kind == "error":
                 assert event.error is not None
-                error = {"message": event.error.message, "type": "api_error", "code": event.error.code}
-                yield b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+                yield error_frame(event.error)
 
-    return sse_response(frames())
-
-
-def _usage(final: dict[str, Any]) -> dict[str, int]:
-    prompt, completion = int(final.get("prompt_eval_count", 0)), int(final.get("eval_count", 0))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return sse_response(stream())
 
 
 @openai_view("GET")

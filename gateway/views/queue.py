@@ -8,7 +8,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
 from core.errors import BadRequest
-from core.generation import metrics
+from core.generation import Answer, metrics
 from core.runtime import run_blocking
 from gateway import payloads
 from gateway.http import api_view, owner_of
@@ -18,14 +18,13 @@ from gateway.sse import event_frames, sse_response
 from queueing import selectors, submit
 from queueing.follow import follow_request
 from queueing.models import Job, Kind, Status
-from queueing.spec import JobSpec
 
 
 def result_body(job: Job) -> dict[str, Any]:
     """A finished request's answer as the API shows it."""
     final = job.result_final or {}
     return {
-        "message": {"role": "assistant", "content": job.result_content},
+        "message": Answer.of(job.result_chunks or []).message(),
         "model": job.model,
         "done_reason": job.done_reason or final.get("done_reason", ""),
         "metrics": metrics(final),
@@ -63,13 +62,16 @@ async def chat_queue(
 ) -> HttpResponseBase:
     owner = owner_of(request)
     if body is not None:
-        messages = payloads.messages_of(body)
-        spec = JobSpec(
-            kind=Kind.QUEUED, endpoint="chat", model=payloads.chat_model(body),
-            payload=payloads.chat_payload(body, messages), cache_key=payloads.chat_key(body, messages, owner),
-            priority=body.priority, owner=owner, use_cache=body.use_cache,
+        spec = await payloads.spec_for(
+            request,
+            endpoint="chat",
+            payload=payloads.chat_payload(body, payloads.messages_of(body)),
+            samples=body.samples(),
+            kind=Kind.QUEUED,
+            priority=body.priority,
+            use_cache=body.use_cache,
             idempotency_key=_idempotency_key(request),
-        )  # fmt: skip
+        )
         job, status = await submit.submit_queued(spec)
         return JsonResponse({"request_id": str(job.id), "status": status}, status=202)
 

@@ -14,7 +14,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from queueing.models import Job, Status
 from tests.browser.conftest import screenshot
-from tests.fake_ollama import reply_tokens
+from tests.fake_ollama import reply_tokens, thinking_count, thinking_tokens
 from tests.helpers import messages, ollama_body, wait_for
 
 
@@ -51,6 +51,25 @@ def test_page_streams_token_by_token_then_shows_cached(browser, server, ollama):
     assert last_answer(browser) == expected
     assert ollama.calls_for(ollama_body("Tell me a story")) == 1
     screenshot(browser, "chat-page")
+
+
+def test_page_shows_thinking_collapsed_then_the_answer(browser, server, ollama):
+    browser.get(server.url + "/")
+    browser.find_element(By.TAG_NAME, "summary").click()  # open Settings
+    browser.find_element(By.ID, "model").send_keys("deepseek-r1:8b")  # thinks by default
+    ask(browser, "Think first")
+    WebDriverWait(browser, 10).until(
+        lambda b: b.find_element(By.ID, "status").text == "" and last_answer(b) != ""
+    )
+    block = browser.find_element(By.CSS_SELECTOR, ".assistant details.thinking")
+    assert block.get_attribute("open") is None  # collapsed
+    assert block.find_element(By.TAG_NAME, "summary").text == "Thought"
+    sent = ollama.generations_received()[-1]
+    assert block.get_attribute("textContent").endswith(
+        "".join(thinking_tokens(sent.body, thinking_count(True, 6)))
+    )
+    assert last_answer(browser) == "".join(reply_tokens(sent.body, 8))
+    screenshot(browser, "chat-page-thinking")
 
 
 def test_stop_button_cancels_the_upstream_generation(browser, server, ollama):

@@ -24,16 +24,22 @@ def value(i: int, size: int = 1000) -> dict:
 
 
 def test_key_covers_everything_that_changes_the_answer_and_nothing_else():
-    base = {"endpoint": "chat", "model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    key = response_key(**base)
-    assert key.startswith("v1:") and len(key) == 67
-    assert response_key(**base) == key
-    history = [{"role": "user", "content": "earlier"}, *base["messages"]]
-    assert response_key(**{**base, "messages": history}) != key  # never only the last message
-    assert response_key(**base, options={"temperature": 0.1}) != key
-    assert response_key(**base, format="json") != key
-    assert response_key(**base, owner="alice") != key
-    assert response_key(**{**base, "model": "n"}) != key
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+    def key(endpoint: str = "chat", owner: str = "", **changes: object) -> str:
+        return response_key(endpoint=endpoint, request={**request, **changes}, owner=owner)
+
+    base = key()
+    assert base.startswith("v2:") and len(base) == 67
+    assert key() == base
+    history = [{"role": "user", "content": "earlier"}, *request["messages"]]
+    assert key(messages=history) != base  # never only the last message
+    for change in ({"options": {"temperature": 0.1}}, {"format": "json"}, {"model": "n"}, {"think": True},
+                   {"tools": [{"type": "function"}]}):  # fmt: skip
+        assert key(**change) != base, change
+    assert key(owner="alice") != base and key(endpoint="generate") != base
+    # How the answer is delivered is not what it is.
+    assert key(stream=True) == base and key(keep_alive="1h") == base
 
 
 class Clock:

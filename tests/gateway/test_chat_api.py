@@ -181,15 +181,11 @@ def test_conversation_history_is_prepended_and_stored(server, ollama):
             "invalid_json",
         ),
         (
-            b'{"messages": [{"role": "user", "content": "x"}], "options": {"top_p": 7}}',
+            b'{"messages": [{"role": "user", "content": "x"}], "options": {"top_p": "high"}}',
             400,
             "invalid_options",
         ),
-        (
-            b'{"messages": [{"role": "user", "content": "x"}], "options": {"tempurature": 1}}',
-            400,
-            "invalid_options",
-        ),
+        (b'{"messages": [{"role": "user", "content": "x"}], "think": "hard"}', 400, "invalid_think"),
         (b'{"messages": [{"role": "user", "content": "x\\u0000y"}]}', 400, "invalid_text"),
         (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, "invalid_text"),
         (b'{"messages": [{"role": "user", "content": "x"}], "model": "../../etc"}', 400, "invalid_model"),

@@ -117,14 +117,18 @@ def test_queue_full_is_ollamas_busy_503(start_server, ollama):
     assert busy.value.error == "server busy, please try again.  maximum pending requests exceeded"
 
 
+# Ollama's OpenAI layer samples at temperature 1 and top_p 1 unless told otherwise.
+OPENAI_DEFAULTS = {"options": {"temperature": 1.0, "top_p": 1.0}}
+
+
 def test_openai_chat_completion_and_cache(oai, ollama):
     first = oai.chat.completions.create(model=MODEL, messages=QUESTION)
     again = oai.chat.completions.create(model=MODEL, messages=QUESTION)
-    answer = expected(ollama_body("Why is the sky blue?"))
+    answer = expected(ollama_body("Why is the sky blue?", **OPENAI_DEFAULTS))
     assert first.object == "chat.completion" and first.choices[0].message.content == answer
     assert first.choices[0].finish_reason == "stop" and again.choices[0].message.content == answer
     assert first.usage.completion_tokens == 8 and first.usage.total_tokens == first.usage.prompt_tokens + 8
-    assert ollama.calls_for(ollama_body("Why is the sky blue?")) == 1
+    assert ollama.calls_for(ollama_body("Why is the sky blue?", **OPENAI_DEFAULTS)) == 1
 
 
 def test_openai_streaming_with_usage(oai, ollama):
@@ -133,7 +137,7 @@ def test_openai_streaming_with_usage(oai, ollama):
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == expected(ollama_body("Why is the sky blue?"))
+    assert text == expected(ollama_body("Why is the sky blue?", **OPENAI_DEFAULTS))
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage.completion_tokens == 8
 
@@ -148,7 +152,7 @@ def test_openai_parameters_map_to_ollama_options(oai, ollama):
         response_format={"type": "json_object"},
     )
     sent = ollama.generation_requests()[-1].body
-    assert sent["options"] == {"temperature": 0.3, "num_predict": 5, "stop": ["\n"]}
+    assert sent["options"] == {"temperature": 0.3, "num_predict": 5, "stop": ["\n"], "top_p": 1.0}
     assert sent["format"] == "json" and sent["messages"][0] == {"role": "system", "content": "Be brief."}
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from core.errors import BadRequest
 from gateway.openapi import declared_endpoints, document
-from gateway.schemas import EmbedBody, OllamaChatBody, ShowBody, validate
+from gateway.schemas import ChatOptimizedBody, EmbedBody, OllamaChatBody, ShowBody, validate
 
 REF = "#/components/schemas/{model}"
 
@@ -97,8 +97,8 @@ def test_show_by_name_is_documented_and_accepted(doc):
         (b'{"model": "m", "format": {"a": NaN}}', "invalid_json"),
         (b'{"model": "m", "options": {"temperature": Infinity}}', "invalid_json"),
         (b'{"model": "m", "messages": [{"role": "robot"}]}', "invalid_role"),
-        (b'{"model": "m", "surprise": 1}', "unknown_field"),
-        (b'{"model": "m", "x-unknown-property": 1}', "unknown_field"),
+        (b'{"model": "m", "think": "hard"}', "invalid_think"),
+        (b'{"model": "m", "options": {"num_ctx": "big"}}', "invalid_options"),
         (b"[]", "invalid_json"),
     ],
 )
@@ -106,6 +106,28 @@ def test_checks_live_in_the_models(raw, code):
     with pytest.raises(BadRequest) as refused:
         validate(OllamaChatBody, raw)
     assert refused.value.code == code
+
+
+def test_our_surface_refuses_unknown_fields_where_ollamas_ignores_them():
+    for field in ("surprise", "x-unknown-property"):
+        with pytest.raises(BadRequest) as refused:
+            validate(
+                ChatOptimizedBody, json.dumps({"messages": [{"role": "user", "content": "x"}], field: 1})
+            )
+        assert refused.value.code == "unknown_field"
+        # Ollama's JSON decoding ignores fields it does not know; so does its surface here.
+        assert "surprise" not in validate(OllamaChatBody, json.dumps({"model": "m", field: 1})).model_dump()
+
+
+def test_options_as_ollama_reads_them():
+    raw = {
+        "model": "m",
+        "options": {"temperature": None, "num_ctx": 4096.0, "num_thread": 2, "use_mlock": True, "tfs_z": 1},
+    }
+    body = validate(OllamaChatBody, json.dumps(raw))
+    assert body.options is not None
+    # A null is absent, an option Ollama dropped (use_mlock, tfs_z) is ignored, a float int is kept.
+    assert body.options.native() == {"num_ctx": 4096.0, "num_thread": 2}
 
 
 def test_free_form_values_are_bounded_in_depth():

@@ -61,7 +61,10 @@ def test_a_request_identical_to_a_running_one_joins_it_at_once():
     assert follower.generation_id == claim.generations[0].generation_id
     assert follower.lease_owner == "w1"
     transitions.finish_generation(
-        worker="w1", generation_id=follower.generation_id, chunks=["a", "b"], final={"done_reason": "stop"}
+        worker="w1",
+        generation_id=follower.generation_id,
+        chunks=[{"content": "a"}, {"content": "b"}],
+        final={"done_reason": "stop"},
     )
     for job in (leader, follower):
         job.refresh_from_db()
@@ -139,7 +142,7 @@ def test_only_the_lease_holder_writes_the_result():
     generation = transitions.claim_batch(worker="w1").generations[0]
     assert (
         transitions.finish_generation(
-            worker="w2", generation_id=generation.generation_id, chunks=["no"], final={}
+            worker="w2", generation_id=generation.generation_id, chunks=[{"content": "no"}], final={}
         )
         == []
     )

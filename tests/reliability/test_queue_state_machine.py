@@ -74,7 +74,7 @@ class QueueMachine(RuleBasedStateMachine):
         if self.held[worker]:
             generation = self.held[worker][index % len(self.held[worker])]
             # A result naming its writer: an overwrite by anyone else would show.
-            chunks = [f"{worker}:{generation.hex[:8]}"]
+            chunks = [{"content": f"{worker}:{generation.hex[:8]}"}]
             transitions.finish_generation(worker=worker, generation_id=generation, chunks=chunks, final={})
             self.held[worker].remove(generation)
 
