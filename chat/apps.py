@@ -18,9 +18,10 @@ class ChatConfig(AppConfig):
 def _prepare_for_requests(loop: asyncio.AbstractEventLoop) -> None:
     """Pay the first request's one-off costs at start-up instead: the Ollama client (its TLS
     context loads the CA bundle) and the blocking pool's database connection."""
-    from django.db import connection
+    from django.db import connections
 
     from core.ollama import open_client
 
     open_client(loop)
-    loop.run_in_executor(None, connection.ensure_connection)
+    # The connection is looked up in the pool thread: each thread has its own.
+    loop.run_in_executor(None, lambda: connections["default"].ensure_connection())

@@ -18,6 +18,7 @@ from gateway.views import chat as chat_views
 from gateway.views import ollama as ollama_api
 from gateway.views import openai as openai_api
 from gateway.views import queue as queue_views
+from gateway.views import responses as responses_api
 from ops import views as stats_views
 
 
@@ -39,6 +40,7 @@ urlpatterns = [
     path("api/chat", ollama_api.chat, name="ollama-chat"),
     path("api/generate", ollama_api.generate, name="ollama-generate"),
     path("api/embed", ollama_api.embed, name="ollama-embed"),
+    path("api/embeddings", ollama_api.legacy_embeddings, name="ollama-embeddings"),
     path("api/tags", ollama_api.tags, name="ollama-tags"),
     path("api/ps", ollama_api.ps, name="ollama-ps"),
     path("api/show", ollama_api.show, name="ollama-show"),
@@ -51,6 +53,10 @@ urlpatterns = [
     # OpenAI's API, for the openai SDK and what is built on it.
     path("v1/chat/completions", openai_api.chat_completions, name="openai-chat-completions"),
     path("v1/models", openai_api.models, name="openai-models"),
+    path("v1/models/<path:name>", openai_api.model, name="openai-model"),
+    path("v1/completions", openai_api.completions, name="openai-completions"),
+    path("v1/embeddings", openai_api.embeddings_view, name="openai-embeddings"),
+    path("v1/responses", responses_api.responses, name="openai-responses"),
     path("v1/messages", anthropic_api.messages, name="anthropic-messages"),
     path("api/chat-queue/stream", queue_views.chat_queue_stream, name="chat-queue-stream"),
     path("admin/", admin.site.urls),

@@ -121,6 +121,14 @@ def _schemas() -> dict[str, Any]:
             "code",
         ),
         "OllamaError": obj({"error": {"type": "string", "minLength": 1}}, "error"),
+        "AnthropicError": obj(
+            {
+                "type": {"const": "error"},
+                "error": obj({"type": {"type": "string"}, "message": {"type": "string"}}, "type", "message"),
+            },
+            "type",
+            "error",
+        ),
         "OpenAIError": obj(
             {
                 "error": obj(
@@ -454,6 +462,12 @@ def document() -> dict[str, Any]:
                     "responses": {"200": body(JSON, ref("OllamaJson"), "Embeddings."), **ollama_errors},
                 }
             },
+            "/api/embeddings": {
+                "post": {
+                    "summary": "Ollama's legacy embeddings: `prompt` in, `embedding` out (cached).",
+                    "responses": {"200": body(JSON, ref("OllamaJson"), "The embedding."), **ollama_errors},
+                }
+            },
             **{
                 f"/api/{name}": {
                     "get": {
@@ -528,6 +542,57 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/models/{name}": {
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "get": {
+                    "summary": "One model Ollama has, in OpenAI's shape; OpenAI's 404 otherwise.",
+                    "responses": {
+                        "200": body(JSON, ref("OllamaJson"), "The model."),
+                        **errors(401, 404, 502, 503, 504, schema="OpenAIError"),
+                    },
+                },
+            },
+            **{
+                path: {
+                    "post": {
+                        "summary": summary,
+                        "responses": {
+                            "200": {
+                                "description": "The answer, or its SSE stream.",
+                                "content": {JSON: {"schema": ref("OllamaJson")}, SSE: {"schema": SSE_EVENT}},
+                            },
+                            **errors(*GENERATION_ERRORS, schema="OpenAIError"),
+                        },
+                    }
+                }
+                for path, summary in (
+                    ("/v1/completions", "OpenAI's completions, as Ollama's layer (SSE with `stream: true`)."),
+                    ("/v1/responses", "OpenAI's Responses API, stateless, as Ollama's layer."),
+                )
+            },
+            "/v1/embeddings": {
+                "post": {
+                    "summary": "OpenAI's embeddings (float or base64), through the embedding cache.",
+                    "responses": {
+                        "200": body(JSON, ref("OllamaJson"), "Embeddings."),
+                        **errors(400, 401, 404, 405, 413, 429, 502, 503, 504, schema="OpenAIError"),
+                    },
+                }
+            },
+            "/v1/messages": {
+                "post": {
+                    "summary": "Anthropic's Messages API, as Ollama's layer (its SSE events when streaming).",
+                    "responses": {
+                        "200": {
+                            "description": "A message object, or its event stream.",
+                            "content": {JSON: {"schema": ref("OllamaJson")}, SSE: {"schema": SSE_EVENT}},
+                        },
+                        **errors(*GENERATION_ERRORS, schema="AnthropicError"),
+                    },
+                }
+            },
         },
     }
     return with_declared_inputs(doc)
@@ -559,7 +624,10 @@ def with_declared_inputs(doc: dict[str, Any]) -> dict[str, Any]:
         for method, model in endpoint.body.items():
             operation = item.get(method.lower())
             if operation is not None:
-                models[model.__name__] = model
+                # One component per name: two models may not share one (the document would lie).
+                assert models.setdefault(model.__name__, model) is model, (
+                    f"two schemas named {model.__name__}"
+                )
                 operation["requestBody"] = json_body(ref(model.__name__))
         for method, query in endpoint.query.items():
             operation = item.get(method.lower())

@@ -69,10 +69,11 @@ class QueueWorker:
         try:
             await self._schedule_forever()
         finally:
+            # Hand the jobs back first: a cancelled channels_redis receive can take seconds to
+            # unwind, and nothing the listeners do matters once the worker stops.
+            await asyncio.shield(self.shutdown())
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.shield(self.shutdown())
 
     async def _listen(self, channel: str) -> None:
         async for message in messages(self.layer, channel):

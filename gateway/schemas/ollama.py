@@ -125,6 +125,15 @@ class EmbeddingsBody(Strict):
     options: Options | None = None
     keep_alive: KeepAlive | None = None
 
+    def native(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
+        options = self.options.native() if self.options is not None else {}
+        if options:
+            out["options"] = options
+        if self.keep_alive is not None:
+            out["keep_alive"] = self.keep_alive
+        return out
+
 
 class ShowBody(Strict):
     """``POST /api/show``: ``model``, or ``name`` as older clients send it."""

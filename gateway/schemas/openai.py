@@ -323,3 +323,101 @@ class ChatCompletionsBody(Strict):
 
     def samples(self) -> bool:
         return self.seed is None and self.native_options()["temperature"] != 0
+
+
+class CompletionsBody(Strict):
+    """``POST /v1/completions`` (openai.FromCompleteRequest)."""
+
+    model_config = IGNORE_UNKNOWN
+    field_codes: ClassVar[dict[str, str]] = {
+        **OPENAI_CODES,
+        "prompt": "invalid_prompt",
+        "suffix": "invalid_prompt",
+    }
+
+    model: Literal[""] | ModelName | None = None
+    prompt: Annotated[Text, Limit("LIMITS_MAX_MESSAGE_CHARS", "chars")] = ""
+    suffix: Annotated[Text, Limit("LIMITS_MAX_MESSAGE_CHARS", "chars")] = ""
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    frequency_penalty: Number | None = None
+    presence_penalty: Number | None = None
+    stop: Stop | None = None
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    n: Annotated[int, AfterValidator(_only_one)] | None = None
+    user: Json = None
+
+    def native(self, model: str) -> dict[str, Any]:
+        """The native /api/generate request Ollama's layer builds (``stream`` added by the client)."""
+        options: dict[str, Any] = {}
+        if isinstance(self.stop, str):
+            options["stop"] = [self.stop]
+        elif self.stop:
+            options["stop"] = list(self.stop)
+        if self.max_tokens is not None:
+            options["num_predict"] = self.max_tokens
+        options["temperature"] = self.temperature if self.temperature is not None else 1.0
+        if self.seed is not None:
+            options["seed"] = self.seed
+        options["frequency_penalty"] = self.frequency_penalty or 0.0
+        options["presence_penalty"] = self.presence_penalty or 0.0
+        options["top_p"] = self.top_p or 1.0
+        out: dict[str, Any] = {"model": model, "prompt": self.prompt}
+        if self.suffix:
+            out["suffix"] = self.suffix
+        out["options"] = dict(sorted(options.items()))
+        if self.logprobs:
+            out["logprobs"] = True
+            out["top_logprobs"] = self.logprobs
+        return out
+
+    def samples(self) -> bool:
+        return self.seed is None and self.temperature != 0
+
+
+EmbeddingInput = (
+    Annotated[Text, Field(max_length=1_000_000)]
+    | Annotated[list[Text], Field(max_length=4096)]
+    | Annotated[list[int], Field(max_length=1_000_000)]
+    | Annotated[list[list[int]], Field(max_length=4096)]
+)
+
+
+def _encoding(value: str) -> str:
+    if value and value.lower() not in ("float", "base64"):
+        raise PydanticCustomError(
+            "invalid_encoding_format",
+            f"Invalid value for 'encoding_format' = {value}. Supported values: ['float', 'base64'].",
+        )
+    return value.lower()
+
+
+class OpenAIEmbeddingsBody(Strict):
+    """``POST /v1/embeddings``: ``input`` a string or a list, ``encoding_format`` float or base64."""
+
+    model_config = IGNORE_UNKNOWN
+    field_codes: ClassVar[dict[str, str]] = {
+        **OPENAI_CODES,
+        "input": "invalid_input",
+        "dimensions": "invalid_input",
+    }
+
+    model: ModelName
+    input: EmbeddingInput
+    encoding_format: Annotated[Text, AfterValidator(_encoding)] = ""
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: Json = None
+
+    def native(self) -> dict[str, Any]:
+        """The native /api/embed request Ollama's layer builds."""
+        text = [""] if self.input == "" else self.input
+        if text == []:
+            raise BadRequest("invalid input", code="invalid_input")
+        out: dict[str, Any] = {"model": self.model, "input": text}
+        if self.dimensions:
+            out["dimensions"] = self.dimensions
+        return out

@@ -14,16 +14,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 
-from chat.caches import response_cache, response_key
 from core.generation import Answer, Chunk
 from core.ollama import get_client
-from core.runtime import run_blocking
 from gateway import payloads
-from gateway.http import api_view, ollama_error, owner_of
-from gateway.schemas import EmbedBody, OllamaChatBody, OllamaGenerateBody, ShowBody
+from gateway.embeddings import embeddings
+from gateway.http import api_view, ollama_error
+from gateway.schemas import EmbedBody, EmbeddingsBody, OllamaChatBody, OllamaGenerateBody, ShowBody
 from gateway.session import GenerationSession
 
 
@@ -137,15 +135,13 @@ async def _generate(
 @ollama_view("POST", body=EmbedBody)
 async def embed(request: HttpRequest, body: EmbedBody) -> HttpResponseBase:
     """``POST /api/embed``: passed through, cached by model and input."""
-    sent = body.native()
-    key = response_key(endpoint="embed", request=sent, owner=owner_of(request))
-    cached = await run_blocking(response_cache.get, key) if settings.CACHE_ENABLED else None
-    if cached is not None:
-        return JsonResponse(cached["body"])
-    answer = await get_client().request_json("POST", "/api/embed", sent)
-    if settings.CACHE_ENABLED:
-        await run_blocking(response_cache.set, key, {"endpoint": "embed", "body": answer})
-    return JsonResponse(answer)
+    return JsonResponse(await embeddings(request, "/api/embed", body.native()))
+
+
+@ollama_view("POST", body=EmbeddingsBody)
+async def legacy_embeddings(request: HttpRequest, body: EmbeddingsBody) -> HttpResponseBase:
+    """``POST /api/embeddings``: the legacy single-prompt endpoint (unnormalised, as Ollama serves it)."""
+    return JsonResponse(await embeddings(request, "/api/embeddings", body.native()))
 
 
 @ollama_view("GET")

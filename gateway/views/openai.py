@@ -5,20 +5,26 @@ back as that layer frames it (``middleware/openai.go``)."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
-from core.errors import ApiError
+from core.errors import ApiError, NotFound
 from core.generation import Answer, Chunk
 from core.ollama import get_client
 from gateway import payloads
+from gateway.embeddings import embeddings
 from gateway.http import api_view, openai_error
-from gateway.schemas import ChatCompletionsBody
+from gateway.schemas import ChatCompletionsBody, CompletionsBody, OpenAIEmbeddingsBody
 from gateway.session import GenerationSession
 from gateway.sse import sse_response
 
@@ -173,11 +179,117 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionsBody) -> H
     return sse_response(stream())
 
 
+class CompletionFrames:
+    """A record as Ollama's layer frames a text completion (middleware.CompleteWriter)."""
+
+    def __init__(self, model: str, *, include_usage: bool) -> None:
+        self.id, self.model, self.include_usage = f"cmpl-{uuid.uuid4().hex[:24]}", model, include_usage
+
+    def _completion(self, text: str, reason: str | None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "choices": [{"text": text, "index": 0, "finish_reason": reason}],
+            "model": self.model,
+            "system_fingerprint": "fp_ollama",
+        }
+
+    def chunk(self, chunk: Chunk) -> bytes:
+        data = self._completion(chunk.get("content") or "", None)
+        if self.include_usage:
+            data["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        return sse_data(data)
+
+    def done(self, final: dict[str, Any]) -> bytes:
+        last = self._completion("", str(final.get("done_reason") or "stop"))
+        out = sse_data(last)
+        if self.include_usage:
+            out += sse_data({**last, "choices": [], "usage": usage(final)})
+        return out + b"data: [DONE]\n\n"
+
+    def whole(self, answer: Answer, final: dict[str, Any]) -> dict[str, Any]:
+        data = self._completion(answer.text, str(final.get("done_reason") or "stop"))
+        return {**data, "usage": usage(final)}
+
+
+@openai_view("POST", body=CompletionsBody)
+async def completions(request: HttpRequest, body: CompletionsBody) -> HttpResponseBase:
+    """``POST /v1/completions``: a prompt (and suffix) as Ollama's /api/generate takes it."""
+    model = body.model or settings.OLLAMA_MODEL
+    payload = {**body.native(model), "keep_alive": payloads.keep_alive(None)}
+    spec = await payloads.spec_for(request, endpoint="generate", payload=payload, samples=body.samples())
+    session = GenerationSession(spec)
+    await session.start()
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    frames = CompletionFrames(model, include_usage=include_usage)
+    if not body.stream:
+        return JsonResponse(frames.whole(await session.answer(), session.final))
+    first = await session.first_events()
+
+    async def stream() -> AsyncIterator[bytes]:
+        async for event in session.events(first):
+            if event.kind == "chunk":
+                yield frames.chunk(event.chunk)
+            elif event.kind == "done":
+                yield frames.done(event.final)
+            elif event.kind == "error":
+                assert event.error is not None
+                yield error_frame(event.error)
+
+    return sse_response(stream())
+
+
+def _floats_to_base64(vector: list[float]) -> str:
+    """OpenAI's base64 encoding: little-endian float32s."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+@openai_view("POST", body=OpenAIEmbeddingsBody)
+async def embeddings_view(request: HttpRequest, body: OpenAIEmbeddingsBody) -> HttpResponseBase:
+    """``POST /v1/embeddings``: through the embedding cache, as Ollama's /api/embed answers it."""
+    answer = await embeddings(request, "/api/embed", body.native())
+    data = []
+    for i, vector in enumerate(answer.get("embeddings") or []):
+        value: Any = _floats_to_base64(vector) if body.encoding_format == "base64" else vector
+        data.append({"object": "embedding", "embedding": value, "index": i})
+    tokens = int(answer.get("prompt_eval_count", 0))
+    return JsonResponse(
+        {
+            "object": "list",
+            "data": data or None,
+            "model": body.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
+
+
+def _owned_by(name: str) -> str:
+    parts = name.split(":")[0].split("/")
+    return parts[-2] if len(parts) >= 2 else "library"
+
+
+def _model_entry(m: dict[str, Any]) -> dict[str, Any]:
+    name = str(m.get("name") or m.get("model"))
+    created = 0
+    with contextlib.suppress(ValueError, TypeError):
+        created = int(
+            datetime.fromisoformat(str(m.get("modified_at", "")).replace("Z", "+00:00")[:26]).timestamp()
+        )
+    return {"id": name, "object": "model", "created": created, "owned_by": _owned_by(name)}
+
+
 @openai_view("GET")
 async def models(request: HttpRequest) -> HttpResponseBase:
     """``GET /v1/models``: the models Ollama has."""
-    data = [
-        {"id": m.get("name") or m.get("model"), "object": "model", "created": 0, "owned_by": "library"}
-        for m in await get_client().tags()
-    ]
-    return JsonResponse({"object": "list", "data": data})
+    data = [_model_entry(m) for m in await get_client().tags()]
+    return JsonResponse({"object": "list", "data": data or None})
+
+
+@openai_view("GET")
+async def model(request: HttpRequest, name: str) -> HttpResponseBase:
+    """``GET /v1/models/{model}``: one model, or OpenAI's 404."""
+    for m in await get_client().tags():
+        if name in (m.get("name"), m.get("model")):
+            return JsonResponse({**_model_entry(m), "id": name})
+    raise NotFound(f"model '{name}' not found", code="model_not_found")

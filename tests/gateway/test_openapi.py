@@ -163,6 +163,21 @@ def test_live_answers_match_the_document(checked, ollama) -> None:
         c(s)
     c(client.post("/v1/chat/completions", json={"model": "llama3.2:1b", **ask, "n": 2}))
     c(client.get("/v1/models"))
+    c(client.get("/v1/models/llama3.2:1b"))
+    c(client.get("/v1/models/nosuch:1b"))
+    c(client.post("/v1/completions", json={"model": "llama3.2:1b", "prompt": "hi"}))
+    with client.stream(
+        "POST", "/v1/completions", json={"model": "llama3.2:1b", "prompt": "hi", "stream": True}
+    ) as s:
+        c(s)
+    c(client.post("/v1/responses", json={"model": "llama3.2:1b", "input": "hi"}))
+    c(client.post("/v1/embeddings", json={"model": "llama3.2:1b", "input": "hi"}))
+    c(client.post("/api/embeddings", json={"model": "llama3.2:1b", "prompt": "hi"}))
+    message = {"model": "llama3.2:1b", "max_tokens": 16, "messages": messages("hi")}
+    c(client.post("/v1/messages", json=message))
+    with client.stream("POST", "/v1/messages", json={**message, "stream": True}) as s:
+        c(s)
+    c(client.post("/v1/messages", json={**message, "max_tokens": 0}))
 
     operations = {(t, m) for t, item in checker.document["paths"].items() for m in set(item) & set(METHODS)}
     exercised = {(t, m) for t, m, _ in checker.seen}
