@@ -35,6 +35,7 @@ urlpatterns = [
     path("api/conversations/<str:conversation_id>", chat_views.conversation, name="conversation"),
     path("api/chat-queue", queue_views.chat_queue, name="chat-queue"),
     path("api/cache-stats", stats_views.cache_stats, name="cache-stats"),
+    path("api/usage", stats_views.usage, name="usage"),
     path("metrics", stats_views.prometheus_metrics, name="metrics"),
     # Ollama's API, for existing Ollama clients.
     path("api/chat", ollama_api.chat, name="ollama-chat"),

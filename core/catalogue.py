@@ -12,6 +12,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from core.errors import OllamaError
 from core.ollama import get_client
 
@@ -19,6 +21,15 @@ logger = logging.getLogger(__name__)
 
 FACTS_TTL_SECONDS = 600.0
 FAILED_TTL_SECONDS = 5.0
+# Ollama's scheduler loads these architectures with num_parallel 1 whatever OLLAMA_NUM_PARALLEL
+# says ("Some architectures are not safe with num_parallel > 1", server/sched.go), and models
+# without the completion capability (embedding models) likewise.
+ONE_AT_A_TIME_ARCHITECTURES = frozenset(
+    {
+        "mllama", "qwen3vl", "qwen3vlmoe", "qwen35", "qwen35moe", "qwen3next", "lfm2", "lfm2moe",
+        "nemotron_h", "nemotron_h_moe", "nemotron_h_omni",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,14 @@ class ModelFacts:
     @property
     def thinks(self) -> bool:
         return "thinking" in self.capabilities
+
+    @property
+    def one_at_a_time(self) -> bool:
+        """Ollama runs it one generation at a time (a higher cap only queues in Ollama's memory)."""
+        known = bool(self.capabilities)
+        return known and (
+            "completion" not in self.capabilities or self.architecture in ONE_AT_A_TIME_ARCHITECTURES
+        )
 
 
 UNKNOWN = ModelFacts(frozenset())
@@ -57,8 +76,10 @@ async def model_facts(model: str) -> ModelFacts:
     return facts
 
 
-async def effective_think(model: str, think: bool | str | None) -> bool | str | None:
-    """``think`` as Ollama will apply it: omitted means on for a model that can think."""
-    if think is not None:
-        return think
-    return True if (await model_facts(model)).thinks else None
+def model_cap(model: str, facts: ModelFacts) -> int:
+    """Generations of ``model`` allowed at once: ``[models."<name>"] max_concurrent``, else 1 for
+    a model Ollama runs one at a time, else 0 (no cap of its own: ``[queue] max_concurrent``)."""
+    configured = settings.MODELS.get(model)
+    if configured is not None and configured.max_concurrent is not None:
+        return int(configured.max_concurrent)
+    return 1 if facts.one_at_a_time else 0

@@ -8,6 +8,8 @@ snake_case code, a human sentence; each surface renders it in its own dialect (`
     ├── Conflict              409 conflict
     ├── PayloadTooLarge       413 payload_too_large
     ├── TooManyRequests       429 too_many_requests (queue_full, rate_limited, too_many_streams)
+    │   ├── OwnerLimit        429 owner_pending_limit (an owner's pending requests)
+    │   └── QuotaExceeded     429 quota_exceeded (an owner's tokens or GPU seconds in a window)
     └── OllamaError           502 ollama_error: raised only at the Ollama client boundary
         ├── OllamaUnavailable 502 ollama_unavailable (refused, reset, DNS)
         ├── OllamaTimeout     504 ollama_timeout (connect, first token, idle, whole generation)
@@ -75,6 +77,14 @@ class PayloadTooLarge(ApiError):
 
 class TooManyRequests(ApiError):
     status, code = 429, "too_many_requests"
+
+
+class OwnerLimit(TooManyRequests):
+    status, code = 429, "owner_pending_limit"
+
+
+class QuotaExceeded(TooManyRequests):
+    status, code = 429, "quota_exceeded"
 
 
 class OllamaError(ApiError):

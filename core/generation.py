@@ -33,6 +33,11 @@ _ENVELOPE = {"model", "created_at", "done", "message", "response", "remote_model
 _FINAL_MESSAGE_FIELDS = ("content", "thinking", "tool_calls", "images")
 
 
+# Endpoints that answer with one JSON object (embeddings): the record's ``final`` holds it whole,
+# as ``body``, beside its metrics.
+WHOLE_ENDPOINTS = ("embed", "embeddings")
+
+
 def metrics(final: dict[str, Any]) -> dict[str, int]:
     """Ollama's final-chunk metrics, those it sent."""
     return {key: final[key] for key in METRIC_KEYS if key in final}

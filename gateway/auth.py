@@ -5,13 +5,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware.csrf import CsrfViewMiddleware
 
-from core.errors import ApiError, Unauthorized
+from core.errors import ApiError, BadRequest, Unauthorized
+from core.owners import forwarded_owner, rules_for
 
 
 def _no_view(request: HttpRequest) -> HttpResponseBase:  # pragma: no cover - never called
@@ -76,7 +78,28 @@ def new_api_key() -> str:
 
 def authenticate(request: HttpRequest) -> str:
     """The owner a request acts for: the name of its API key when keys are configured (401
-    otherwise), else the anonymous owner ""."""
+    otherwise), else the anonymous owner ""; refined to the end user a trusted front-end names."""
+    owner = _key_owner(request)
+    header = settings.FAIRNESS_TRUSTED_USER_HEADER
+    user = request.headers.get(header, "").strip() if header else ""
+    if user and _user_header_trusted(request, owner):
+        if not _USER.match(user):
+            raise BadRequest(f"{header} must be 1 to 100 printable characters.", code="invalid_user")
+        return forwarded_owner(owner, user)
+    return owner
+
+
+_USER = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,99}$")
+
+
+def _user_header_trusted(request: HttpRequest, owner: str) -> bool:
+    """Only a key allowed to (forward_user) or a configured proxy address may name the user."""
+    if owner and rules_for(owner).forward_user:
+        return True
+    return request.META.get("REMOTE_ADDR", "") in settings.FAIRNESS_TRUSTED_PROXIES
+
+
+def _key_owner(request: HttpRequest) -> str:
     if not settings.API_KEYS:
         return ""
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")

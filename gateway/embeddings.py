@@ -1,31 +1,23 @@
 """Embeddings for every surface (``/api/embed``, the legacy ``/api/embeddings``, OpenAI's
-``/v1/embeddings``): answered from the response cache by model and input, else by Ollama, whose
-answer is stored. ``Cache-Control`` is honoured as on generations."""
+``/v1/embeddings``): jobs of the scheduler like generations (so an embedding model, which Ollama
+runs one request at a time, gets its cap here, where the queue has positions and fairness),
+answered from the response cache by model and input. ``Cache-Control`` is honoured."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpRequest
 
-from chat.caches import response_cache, response_key
-from core.ollama import get_client
-from core.runtime import run_blocking
-from gateway.http import owner_of
-from gateway.payloads import cache_directives
+from gateway import payloads
+from gateway.session import GenerationSession
 
 
-async def embeddings(request: HttpRequest, path: str, native: dict[str, Any]) -> dict[str, Any]:
-    """Ollama's answer to ``native`` on ``path`` (an embedding endpoint), cached."""
-    key = response_key(endpoint=path, request=native, owner=owner_of(request))
-    read, store = cache_directives(request)
-    if settings.CACHE_ENABLED and read:
-        cached = await run_blocking(response_cache.get, key)
-        if cached is not None:
-            body: dict[str, Any] = cached["body"]
-            return body
-    answer = await get_client().request_json("POST", path, native)
-    if settings.CACHE_ENABLED and store:
-        await run_blocking(response_cache.set, key, {"endpoint": path, "body": answer})
-    return answer
+async def embeddings(request: HttpRequest, endpoint: str, native: dict[str, Any]) -> dict[str, Any]:
+    """Ollama's answer to ``native`` on ``/api/<endpoint>`` (``embed`` or ``embeddings``)."""
+    spec = await payloads.spec_for(request, endpoint=endpoint, payload=native, samples=False)
+    session = GenerationSession(spec)
+    await session.start()
+    await session.answer()
+    body: dict[str, Any] = session.final["body"]
+    return body

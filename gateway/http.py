@@ -20,6 +20,7 @@ from django.http.request import RawPostDataException
 from django.views.decorators.csrf import csrf_exempt
 
 from core.errors import ApiError, BadRequest, PayloadTooLarge, TooManyRequests, Unauthorized
+from core.owners import rules_for
 from gateway import limits
 from gateway.auth import authenticate, require_operator
 from gateway.schemas.base import Strict, validate
@@ -117,6 +118,8 @@ def parse_body(request: HttpRequest, model: type[M]) -> M:
 # --- views ---------------------------------------------------------------------------------------
 
 PUBLIC, KEY, OPERATOR = "public", "key", "operator"
+# An operator (admin token or staff session) when the request presents one, else a key.
+KEY_OR_OPERATOR = "key_or_operator"
 _BODYLESS = ("GET", "HEAD", "DELETE", "OPTIONS")
 
 
@@ -133,6 +136,7 @@ class Endpoint:
     auth: Mapping[str, str]  # method -> PUBLIC | KEY | OPERATOR (KEY for any other)
     body: Mapping[str, type[Strict]] = field(default_factory=dict)
     query: Mapping[str, type[Query]] = field(default_factory=dict)
+    streams: bool = False  # always answers with a stream (else: when the body asks for one)
 
     def auth_for(self, method: str) -> str:
         return self.auth.get(method, self.auth.get("*", KEY))
@@ -151,7 +155,7 @@ async def _authorize(request: HttpRequest, rule: str) -> str:
     request.api_owner = ""  # type: ignore[attr-defined]
     if rule == PUBLIC:
         return ""
-    if rule == OPERATOR:
+    if rule == OPERATOR or (rule == KEY_OR_OPERATOR and request.headers.get("X-Admin-Token")):
         request.operator = await require_operator(request)  # type: ignore[attr-defined]
         return ""
     owner = authenticate(request)
@@ -167,6 +171,7 @@ def api_view(
     auth: str | Mapping[str, str] = KEY,
     body: type[Strict] | Mapping[str, type[Strict]] | None = None,
     query: type[Query] | Mapping[str, type[Query]] | None = None,
+    streams: bool = False,
 ) -> Callable[[AsyncView], View]:
     """Declare an async view as an API endpoint.
 
@@ -181,6 +186,7 @@ def api_view(
         auth={"*": auth} if isinstance(auth, str) else dict(auth),
         body=_per_method(body, methods, bodies=True),
         query=_per_method(query, methods, bodies=False),
+        streams=streams,
     )
 
     def decorate(view: AsyncView) -> View:
@@ -199,10 +205,21 @@ def api_view(
                     kwargs["body"] = parse_body(request, endpoint.body[method])
                 if method in endpoint.query:
                     kwargs["query"] = endpoint.query[method].of(request.GET)
-                response = await view(request, *args, **kwargs)
-                if identity and response.streaming and settings.MAX_CONCURRENT_STREAMS:
-                    response = await limits.limit_stream(identity, response)
-                return response
+                streams = endpoint.streams or bool(getattr(kwargs.get("body"), "stream", False))
+                stream_limit = rules_for(identity).max_streams if identity and streams else 0
+                if not stream_limit:
+                    return await view(request, *args, **kwargs)
+                # The slot is taken before anything is queued: a refused stream never runs.
+                await limits.acquire_stream(identity, stream_limit)
+                try:
+                    response = await view(request, *args, **kwargs)
+                except BaseException:
+                    await limits.release_stream(identity)
+                    raise
+                if not response.streaming:
+                    await limits.release_stream(identity)
+                    return response
+                return limits.held_while_streaming(identity, response)
             except ApiError as exc:
                 response = render(exc)
                 if exc.status == 405:

@@ -51,19 +51,27 @@ async def check_rate(identity: str) -> None:
         )
 
 
-async def limit_stream(identity: str, response: HttpResponseBase) -> HttpResponseBase:
-    """Count the stream while it is open; refuse it (and close it, cancelling its work) over the limit."""
-    key = f"streams:{identity}"
-    # A crashed process's streams stop counting after an hour at most.
-    open_now = await run_blocking(_count, key, 1, 3600)
-    if open_now > settings.MAX_CONCURRENT_STREAMS:
-        await run_blocking(_count, key, -1, 3600)
-        await _close(response)
+def _streams_key(identity: str) -> str:
+    return f"streams:{identity}"
+
+
+async def acquire_stream(identity: str, limit: int) -> None:
+    """Take one of ``identity``'s ``limit`` stream slots before anything is queued; 429 when none
+    is left. A crashed process's slots stop counting after an hour at most."""
+    open_now = await run_blocking(_count, _streams_key(identity), 1, 3600)
+    if open_now > limit:
+        await release_stream(identity)
         raise TooManyRequests(
-            f"At most {settings.MAX_CONCURRENT_STREAMS} concurrent streams per client.",
-            code="too_many_streams",
-            retry_after=1,
+            f"At most {limit} concurrent streams per client.", code="too_many_streams", retry_after=1
         )
+
+
+async def release_stream(identity: str) -> None:
+    await run_blocking(_count, _streams_key(identity), -1, 3600)
+
+
+def held_while_streaming(identity: str, response: HttpResponseBase) -> HttpResponseBase:
+    """Release the slot when the stream ends (or the client leaves)."""
     content = response.streaming_content  # type: ignore[attr-defined]
 
     async def counted() -> AsyncIterator[bytes]:
@@ -71,14 +79,7 @@ async def limit_stream(identity: str, response: HttpResponseBase) -> HttpRespons
             async for chunk in content:
                 yield chunk
         finally:
-            await run_blocking(_count, key, -1, 3600)
+            await release_stream(identity)
 
     response.streaming_content = counted()  # type: ignore[attr-defined]
     return response
-
-
-async def _close(response: HttpResponseBase) -> None:
-    iterator = response.streaming_content  # type: ignore[attr-defined]
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()

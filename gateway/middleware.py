@@ -139,6 +139,9 @@ def ApiHeadersMiddleware(  # noqa: N802 - Django middleware factories are named 
         except DisallowedHost:
             return json_error(400, "bad_host", "The Host header is not one this service answers to.")
         response = await get_response(request)
+        adjusted = getattr(request, "gateway_adjusted", None)
+        if adjusted:  # a model's pinned or capped runner options changed what the client sent
+            response["X-Gateway-Adjusted"] = "; ".join(adjusted)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         return response

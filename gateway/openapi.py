@@ -429,6 +429,12 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            "/api/usage": {
+                "get": {
+                    "summary": "Usage per owner and model (an owner's own; everyone's with X-Admin-Token).",
+                    "responses": {"200": body(JSON, {"type": "object"}, "Usage."), **errors(400, 401, 403)},
+                }
+            },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus text format.",

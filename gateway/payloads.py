@@ -14,7 +14,7 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from chat.caches import response_key
-from core.catalogue import effective_think
+from core.catalogue import ModelFacts, model_cap, model_facts
 from core.ollama import keep_alive_param
 from gateway.http import owner_of
 from gateway.schemas import ChatCompletionsBody, OllamaChatBody, OllamaGenerateBody, QueueBody
@@ -76,8 +76,14 @@ def openai_chat(body: ChatCompletionsBody) -> dict[str, Any]:
     return {**body.native(body.model or settings.OLLAMA_MODEL), "keep_alive": keep_alive(None)}
 
 
-async def cache_key(endpoint: str, payload: dict[str, Any], owner: str) -> str:
-    think = await effective_think(str(payload["model"]), payload.get("think"))
+async def cache_key(
+    endpoint: str, payload: dict[str, Any], owner: str, facts: ModelFacts | None = None
+) -> str:
+    """The key of the answer; ``think`` as Ollama will apply it (omitted = on for a thinker)."""
+    think = payload.get("think")
+    if think is None and endpoint in ("chat", "generate"):
+        facts = facts or await model_facts(str(payload["model"]))
+        think = True if facts.thinks else None
     request = {**payload, "think": think} if think is not None else payload
     return response_key(endpoint=endpoint, request=request, owner=owner)
 
@@ -99,20 +105,57 @@ async def spec_for(
     priority: int = 0,
     use_cache: bool = True,
     idempotency_key: str | None = None,
+    streaming: bool = False,
 ) -> JobSpec:
-    """The job spec of a generation request, with its cache key and the client's cache directives."""
+    """The job spec of a generation request: the model's rules applied to its options, its cache
+    key, the client's cache directives, and the model's cap."""
     owner = owner_of(request)
     read, store = cache_directives(request)
+    model = str(payload["model"])
+    facts = await model_facts(model)
+    adjusted = apply_model_rules(payload)
+    if adjusted:
+        request.gateway_adjusted = adjusted  # type: ignore[attr-defined]  # shown as X-Gateway-Adjusted
     return JobSpec(
         kind=kind,
         endpoint=endpoint,
-        model=str(payload["model"]),
+        model=model,
         payload=payload,
-        cache_key=await cache_key(endpoint, payload, owner),
+        cache_key=await cache_key(endpoint, payload, owner, facts),
         priority=priority,
         owner=owner,
         use_cache=use_cache and store,
         read_cache=use_cache and read,
         samples=samples,
         idempotency_key=idempotency_key,
+        streaming=streaming,
+        model_cap=model_cap(model, facts),
     )
+
+
+# Runner options a model's configuration may pin (Ollama reloads a model whose runner options
+# differ from the loaded runner's: pinning them keeps users who send different values from
+# reloading it for each other).
+PINNED = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "use_mmap")
+
+
+def apply_model_rules(payload: dict[str, Any]) -> list[str]:
+    """Pin or cap the runner options as ``[models."<name>"]`` says; returns what changed."""
+    rules = settings.MODELS.get(str(payload["model"]))
+    if rules is None or payload.get("_debug_render_only"):
+        return []
+    options = dict(payload.get("options") or {})
+    changed = []
+    for name in PINNED:
+        pinned = getattr(rules, name)
+        if pinned is not None and options.get(name) != pinned:
+            changed.append(f"{name}={pinned} (asked {options.get(name, 'default')})")
+            options[name] = pinned
+    cap = rules.max_num_ctx
+    if cap is not None and rules.num_ctx is None and isinstance(options.get("num_ctx"), (int, float)):
+        if options["num_ctx"] > cap:
+            changed.append(f"num_ctx={cap} (asked {options['num_ctx']})")
+            options["num_ctx"] = cap
+    if changed:
+        payload["options"] = options
+    return changed

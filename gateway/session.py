@@ -192,6 +192,7 @@ class ChatSession(GenerationSession):
             samples=self.body.samples(),
             priority=self.body.priority,
             use_cache=self.body.use_cache,
+            streaming=self.body.stream,
         )
         await super().start()
 

@@ -22,7 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector
 
-from ops.services import collect_counters_and_caches
+from core.owners import account_of
+from ops.services import collect_counters_and_caches, lifetime_usage
 
 
 class SharedFiguresCollector(Collector):
@@ -74,6 +75,43 @@ class SharedFiguresCollector(Collector):
         for kind, count in stats["upstream_errors"].items():
             errors.add_metric([kind], count)
         yield errors
+        yield from usage_families()
+
+
+def usage_families() -> Iterator[Metric]:
+    """Usage per account (an owner's configured part, so the label set is the configuration's) and
+    model, since the service started keeping it."""
+    families = {
+        "requests": CounterMetricFamily(
+            "chatbot_usage_requests", "Generations charged", labels=["owner", "model"]
+        ),
+        "cache_hits": CounterMetricFamily(
+            "chatbot_usage_cache_hits", "Requests answered from the cache", labels=["owner", "model"]
+        ),
+        "tokens": CounterMetricFamily(
+            "chatbot_usage_tokens", "Prompt and generated tokens", labels=["owner", "model", "kind"]
+        ),
+        "gpu": CounterMetricFamily(
+            "chatbot_usage_gpu_seconds",
+            "GPU time (prompt evaluation + generation)",
+            labels=["owner", "model"],
+        ),
+    }
+    totals: dict[tuple[str, str], dict[str, int]] = {}
+    for row in lifetime_usage():
+        key = (account_of(row["owner"]), row["model"])
+        figures = totals.setdefault(
+            key, dict.fromkeys(("requests", "cache_hits", "prompt", "output", "gpu"), 0)
+        )
+        for name in figures:
+            figures[name] += row[name] or 0
+    for (owner, model), figures in sorted(totals.items()):
+        families["requests"].add_metric([owner, model], figures["requests"])
+        families["cache_hits"].add_metric([owner, model], figures["cache_hits"])
+        families["tokens"].add_metric([owner, model, "prompt"], figures["prompt"])
+        families["tokens"].add_metric([owner, model, "output"], figures["output"])
+        families["gpu"].add_metric([owner, model], figures["gpu"] / 1e9)
+    yield from families.values()
 
 
 def _counter(name: str, help_text: str, cache: str, value: float) -> Metric:

@@ -12,16 +12,19 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import caches
 from django.db import connection
+from django.db.models import Sum
 from django.utils import timezone
 
 from chat.caches import SizedCache, conversation_cache, response_cache
 from core.errors import BadRequest, NotFound, OllamaError
 from core.ollama import get_client
+from core.owners import rules_for
 from core.runtime import run_blocking
 from core.values import is_model_name, keep_alive_problem
 from gateway.schemas import WarmModelData, validate_value
 from queueing import selectors
-from stats import counters
+from stats import counters, usage
+from stats.models import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -275,3 +278,57 @@ async def run_action(action: str, data: dict[str, Any] | None) -> dict[str, Any]
         conversations=action in ("clear", "clear_conversation_cache"),
     )
     return {"action": action, "status": "ok", "cleared": cleared}
+
+
+# --- usage ------------------------------------------------------------------------------------------
+
+
+def usage_report(*, owner: str | None, window: str) -> dict[str, Any]:
+    """``GET /api/usage``: per owner (one's own, or everyone's for an operator) and per model, in the
+    current hour, day or month, with the owner's quotas and what is left of them."""
+    rows = usage.report(owner=owner, window=window)
+    owners: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = owners.setdefault(
+            row["owner"],
+            {
+                "owner": row["owner"],
+                "requests": 0,
+                "cache_hits": 0,
+                "tokens": 0,
+                "gpu_seconds": 0.0,
+                "models": [],
+            },
+        )
+        for key in ("requests", "cache_hits", "tokens"):
+            entry[key] += row[key]
+        entry["gpu_seconds"] = round(entry["gpu_seconds"] + row["gpu_seconds"], 6)
+        entry["models"].append({k: v for k, v in row.items() if k != "owner"})
+    for name, entry in owners.items():
+        rules = rules_for(name)
+        entry["quotas"] = [
+            {
+                "unit": unit,
+                "window": quota_window,
+                "limit": limit,
+                "used": usage.totals(owner=name, window=quota_window)[unit],
+                "renews_at": usage.window_end(quota_window).isoformat(),
+            }
+            for unit, quota_window, limit in rules.quotas
+        ]
+    return {
+        "window": window,
+        "since": usage.window_start(window).isoformat(),
+        "owners": list(owners.values()),
+    }
+
+
+def lifetime_usage() -> list[dict[str, Any]]:
+    """Usage per owner and model, every hour kept (for the Prometheus counters)."""
+    usage.flush_hits()
+    return list(
+        Usage.objects.values("owner", "model").annotate(
+            requests=Sum("requests"), cache_hits=Sum("cache_hits"), prompt=Sum("prompt_tokens"),
+            output=Sum("output_tokens"), gpu=Sum("gpu_ns"),
+        ).order_by()
+    )  # fmt: skip

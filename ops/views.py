@@ -9,9 +9,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonRespons
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from core.runtime import run_blocking
-from gateway.http import KEY, OPERATOR, PUBLIC, api_view
+from gateway.http import KEY, KEY_OR_OPERATOR, OPERATOR, PUBLIC, api_view, owner_of
 from gateway.schemas import CacheAction
-from gateway.schemas.params import HealthQuery
+from gateway.schemas.params import HealthQuery, UsageQuery
 from ops import metrics, services
 from stats.metrics import EVENT_LOOP_TASKS
 
@@ -40,3 +40,10 @@ async def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     """``GET /metrics`` in Prometheus' text format."""
     EVENT_LOOP_TASKS.set(len(asyncio.all_tasks()))
     return HttpResponse(await run_blocking(metrics.render), content_type=CONTENT_TYPE_LATEST)
+
+
+@api_view("GET", auth=KEY_OR_OPERATOR, query=UsageQuery)
+async def usage(request: HttpRequest, query: UsageQuery) -> JsonResponse:
+    """``GET /api/usage``: an owner's own usage; an operator's (``X-Admin-Token``) is everyone's."""
+    owner = None if getattr(request, "operator", None) else owner_of(request)
+    return JsonResponse(await run_blocking(services.usage_report, owner=owner, window=query.window))

@@ -18,8 +18,19 @@ from queueing.submit import cancel_many
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "status", "kind", "model", "priority", "position", "age", "attempts", "created_at")
-    list_filter = ("status", "kind", "model")
+    list_display = (
+        "id",
+        "status",
+        "owner",
+        "kind",
+        "model",
+        "priority",
+        "position",
+        "age",
+        "attempts",
+        "created_at",
+    )
+    list_filter = ("status", "kind", "owner", "model")
     search_fields = ("payload", "result_content")
     ordering = ("rank",)
     actions = ("cancel_selected",)

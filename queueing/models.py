@@ -77,7 +77,10 @@ class Job(models.Model):
     payload = models.JSONField(help_text="What is sent to Ollama, minus `stream`.")
     cache_key = models.CharField(max_length=80, db_index=True)
     use_cache = models.BooleanField(default=True)
-    owner = models.CharField(max_length=100, blank=True, default="")
+    owner = models.CharField(max_length=200, blank=True, default="")
+    # Generations of this model allowed at once (0: no cap of its own), fixed at submission from the
+    # model's facts and [models."<name>"] max_concurrent.
+    model_cap = models.PositiveIntegerField(default=0)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
@@ -107,6 +110,7 @@ class Job(models.Model):
             models.Index(fields=["status", "rank"], name="job_claim_idx"),
             models.Index(fields=["status", "created_at"], name="job_list_idx"),
             models.Index(fields=["status", "lease_expires_at"], name="job_lease_idx"),
+            models.Index(fields=["status", "owner", "rank"], name="job_owner_idx"),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -119,3 +123,16 @@ class Job(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} ({self.kind}, {self.status})"
+
+
+class OwnerService(models.Model):
+    """An owner's attained service: the GPU seconds it received, decayed with a half-life
+    ([fairness] half_life_seconds). The fair-share pick serves the owner with the least, weighted.
+    ``service`` is the value at ``updated`` (epoch seconds); read it through ``decayed``."""
+
+    owner = models.CharField(max_length=200, primary_key=True)
+    service = models.FloatField(default=0.0)
+    updated = models.FloatField(default=0.0)
+
+    def __str__(self) -> str:
+        return f"{self.owner or 'anonymous'}: {self.service:.2f} s"

@@ -11,8 +11,10 @@ from django.conf import settings
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
+from core import clock
 from core.errors import NotFound
-from queueing.models import Job, Status
+from core.owners import rules_for
+from queueing.models import Job, OwnerService, Status
 
 # Used for the wait estimate until some generations have been measured.
 DEFAULT_GENERATION_MS = 10_000
@@ -101,12 +103,33 @@ def queue_status(job: Job) -> dict[str, Any]:
         length, position = counts["length"], counts["ahead"]
     else:
         length, position = pending.count(), 0
-    return {
+    status = {
         "queue_position": position,
         "queue_length": length,
         "estimated_wait_time": wait_estimate_ms(position),
         "is_processing": job.status == Status.PROCESSING,
     }
+    if job.status == Status.PENDING:
+        status["waiting"] = waiting_reason(job)
+    return status
+
+
+def waiting_reason(job: Job) -> dict[str, Any]:
+    """Why a pending request waits: every slot busy (``slots``), its owner's in-flight limit
+    (``owner_limit``) or its model's cap (``model_busy``); and how many of its owner's own requests
+    are ahead of it (between owners the fair share decides, not the arrival order)."""
+    own_ahead = Job.objects.pending().filter(owner=job.owner, rank__lt=job.rank).count()
+    running = Job.objects.running()
+    limit = rules_for(job.owner).max_in_flight
+    reason = "slots"
+    if limit and running.filter(owner=job.owner).values("generation_id").distinct().count() >= limit:
+        reason = "owner_limit"
+    elif (
+        job.model_cap
+        and running.filter(model=job.model).values("generation_id").distinct().count() >= job.model_cap
+    ):
+        reason = "model_busy"
+    return {"reason": reason, "owner_requests_ahead": own_ahead}
 
 
 def queue_overview() -> dict[str, Any]:
@@ -120,6 +143,7 @@ def queue_overview() -> dict[str, Any]:
     }
     by_status = {row["status"]: row["n"] for row in Job.objects.values("status").annotate(n=Count("id"))}
     return {
+        **_by_owner_and_model(pending),
         "queue_length": by_status.get(Status.PENDING, 0),
         "processing": by_status.get(Status.PROCESSING, 0),
         "generations_in_flight": Job.objects.running_generations(),
@@ -130,4 +154,41 @@ def queue_overview() -> dict[str, Any]:
         "pending_by_priority": by_priority,
         "by_status": {status: by_status.get(status, 0) for status in Status.values},
         "average_generation_ms": round(average_generation_ms(), 1),
+    }
+
+
+def _by_owner_and_model(pending: Any) -> dict[str, Any]:
+    """Pending and running per owner and per model, and each owner's recent share of GPU time."""
+    running = Job.objects.running().values("generation_id").annotate(owner=Min("owner"), model=Min("model"))
+    running_by_owner: dict[str, int] = {}
+    running_by_model: dict[str, int] = {}
+    for row in running:
+        running_by_owner[row["owner"]] = running_by_owner.get(row["owner"], 0) + 1
+        running_by_model[row["model"]] = running_by_model.get(row["model"], 0) + 1
+    now = clock.now()
+    half_life = settings.FAIRNESS_HALF_LIFE_SECONDS
+    service = {
+        owner: value * 0.5 ** (max(now - updated, 0) / half_life)
+        for owner, value, updated in OwnerService.objects.values_list("owner", "service", "updated")
+    }
+    total = sum(service.values())
+    pending_by_owner = dict(pending.values_list("owner").annotate(n=Count("id")).order_by())
+    owners = sorted(
+        set(pending_by_owner) | set(running_by_owner) | {o for o, v in service.items() if v > 0.001}
+    )
+    return {
+        "pending_by_owner": pending_by_owner,
+        "running_by_owner": running_by_owner,
+        "pending_by_model": dict(pending.values_list("model").annotate(n=Count("id")).order_by()),
+        "running_by_model": running_by_model,
+        "owners": {
+            owner: {
+                "pending": pending_by_owner.get(owner, 0),
+                "running": running_by_owner.get(owner, 0),
+                "recent_gpu_seconds": round(service.get(owner, 0.0), 3),
+                "recent_share": round(service.get(owner, 0.0) / total, 4) if total else 0.0,
+                "weight": rules_for(owner).weight,
+            }
+            for owner in owners
+        },
     }

@@ -24,6 +24,8 @@ class JobSpec:
     idempotency_key: str | None = None
     read_cache: bool = True  # may be answered from the response cache
     samples: bool = False  # draws a random answer (no seed, temperature not 0): see wants_new_sample
+    streaming: bool = False  # the caller streams the answer (a user waiting on it, not a background call)
+    model_cap: int = 0  # generations of this model allowed at once (0: no cap of its own)
 
     @property
     def interactive(self) -> bool:
@@ -50,6 +52,7 @@ class Claim:
     # Every job taken, joins included: (job, its generation, the worker running that generation).
     assigned: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
     more: bool = False  # another claim now could take more (a full batch taken, slots left)
+    models_pending: int | None = None  # distinct models among the pending jobs it looked at (if it did)
 
     @property
     def jobs(self) -> int:

@@ -18,7 +18,7 @@ from core.runtime import run_blocking
 from queueing import live, selectors, transitions
 from queueing.models import Job
 from queueing.spec import JobSpec
-from stats import counters
+from stats import counters, usage
 
 
 def cached_entry(spec: JobSpec) -> dict[str, Any] | None:
@@ -30,6 +30,8 @@ def cached_entry(spec: JobSpec) -> dict[str, Any] | None:
         counters.incr(counters.REGENERATED)
         return None
     entry: dict[str, Any] | None = response_cache.get(spec.cache_key)
+    if entry is not None:
+        usage.record_hit(owner=spec.owner, model=spec.model)
     return entry
 
 

@@ -24,15 +24,17 @@ from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F, Min, Q
 from django.utils import timezone
 
-from core.errors import ApiError, Conflict, TooManyRequests
+from core import clock
+from core.errors import ApiError, Conflict, OwnerLimit, QuotaExceeded, TooManyRequests
 from core.generation import Chunk, content_of
+from core.owners import OwnerRules, rules_for
 from queueing import policy, selectors
-from queueing.models import ACTIVE, TERMINAL, Job, JobQuerySet, Kind, Status
+from queueing.models import ACTIVE, TERMINAL, Job, JobQuerySet, Kind, OwnerService, Status
 from queueing.spec import Claim, JobSpec
-from stats import counters
+from stats import counters, usage
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +54,13 @@ def queue_lock() -> Iterator[None]:
 
 def _new_job(spec: JobSpec, **fields: Any) -> Job:
     """An unsaved row; its rank puts it after earlier requests of its priority (with ageing)."""
+    priority = policy.priority_for(spec.owner, spec.priority)
+    streaming = spec.streaming and spec.kind == Kind.INTERACTIVE
     return Job(
         kind=spec.kind, endpoint=spec.endpoint, model=spec.model, payload=spec.payload,
-        cache_key=spec.cache_key, priority=spec.priority, rank=policy.rank(spec.priority),
+        cache_key=spec.cache_key, priority=priority, rank=policy.rank(priority, streaming=streaming),
         owner=spec.owner, use_cache=spec.use_cache, idempotency_key=spec.idempotency_key or None,
-        **fields,
+        model_cap=spec.model_cap, **fields,
     )  # fmt: skip
 
 
@@ -89,12 +93,8 @@ def enqueue_request(spec: JobSpec) -> Enqueued:
             job.started_at = now
             job.attempts = 1
             job.deduplicated = True
-        elif Job.objects.pending().count() >= selectors.max_queue_size():
-            raise TooManyRequests(
-                f"The queue is full ({selectors.max_queue_size()} pending requests); try again shortly.",
-                code="queue_full",
-                retry_after=max(1, math.ceil(selectors.average_generation_ms() / 1000)),
-            )
+        else:
+            _admit(spec)
         try:
             job.save(force_insert=True)
         except IntegrityError:
@@ -105,6 +105,28 @@ def enqueue_request(spec: JobSpec) -> Enqueued:
     if running is not None:
         counters.incr(counters.DEDUPLICATED)
     return Enqueued(job, created=True, joined=running is not None)
+
+
+def _admit(spec: JobSpec) -> None:
+    """The admission checks of a request that will wait for a slot: the queue's size, the owner's
+    pending limit, the owner's quotas (429 with Retry-After for each, with its own code)."""
+    retry = max(1, math.ceil(selectors.average_generation_ms() / 1000))
+    if Job.objects.pending().count() >= selectors.max_queue_size():
+        raise TooManyRequests(
+            f"The queue is full ({selectors.max_queue_size()} pending requests); try again shortly.",
+            code="queue_full",
+            retry_after=retry,
+        )
+    rules = rules_for(spec.owner)
+    if rules.max_pending and Job.objects.pending().filter(owner=spec.owner).count() >= rules.max_pending:
+        raise OwnerLimit(
+            f"This owner has {rules.max_pending} requests waiting, its limit; try again when one has run.",
+            retry_after=retry,
+        )
+    if rules.has_quota:
+        error = quota_error(spec.owner, rules)
+        if error is not None:
+            raise error
 
 
 def _running_generation(cache_key: str) -> Job | None:
@@ -133,42 +155,42 @@ def complete_from_cache(spec: JobSpec, entry: dict[str, Any]) -> Job:
 # --- the worker's side ---------------------------------------------------------------------------
 
 
-def claim_batch(*, worker: str, allow_partial: bool = True) -> Claim:
+def claim_batch(*, worker: str, allow_partial: bool = True, loaded: set[str] | None = None) -> Claim:
     """Claim the next batch of pending jobs for ``worker``, within the free generation slots
-    (``queueing.policy`` rules 1-4)."""
+    (``queueing.policy`` rules 1-4). ``loaded``: the models Ollama has loaded, if known."""
     now = timezone.now()
     with queue_lock():
-        running = Job.objects.running_generations()
+        load = _load(loaded)
+        running = sum(load.running_by_model.values())
         free = policy.free_slots(running)
         if free <= 0:
             return Claim([])
         size = policy.claim_size()
-        candidates = list(
-            Job.objects.select_for_update(skip_locked=True)
-            .pending()
-            .only("id", "endpoint", "payload", "cache_key")
-            .order_by("rank")[:size]
-        )
-        if not candidates:
+        by_owner = _candidates(per_owner=size + CANDIDATE_SLACK)
+        if not by_owner:
             return Claim([])
-        if policy.defer_for_batch(allow_partial=allow_partial, running=running, pending=len(candidates)):
-            return Claim([], deferred=True)
-        running_by_key = _running_by_key({job.cache_key for job in candidates}) if running else {}
-        plan = policy.plan_claim(candidates, running_by_key, free)
-        if policy.dedup_enabled() and plan.fresh and len(candidates) == size:
-            # Identical pending jobs beyond the batch share the new generations too.
-            # (With fewer candidates than the batch size, every pending job was already a candidate.)
+        pending = sum(len(jobs) for jobs in by_owner.values())
+        if policy.defer_for_batch(allow_partial=allow_partial, running=running, pending=pending):
+            return Claim([], deferred=True, models_pending=2)
+        _fail_over_quota(by_owner, now)
+        load.service = _services(list(by_owner), load)
+        keys = {job.cache_key for jobs in by_owner.values() for job in jobs}
+        running_by_key = _running_by_key(keys) if running else {}
+        plan = policy.plan_claim(by_owner, running_by_key, free, size, load)
+        if policy.dedup_enabled() and plan.fresh:
+            # Identical pending jobs beyond the candidates share the new generations too.
             taken = [i for g in plan.fresh.values() for i in g.job_ids]
-            extra = (
-                Job.objects.select_for_update(skip_locked=True)
-                .pending()
-                .filter(cache_key__in=list(plan.fresh))
-                .exclude(id__in=taken)
-            )
+            extra = Job.objects.pending().filter(cache_key__in=list(plan.fresh)).exclude(id__in=taken)
             for job_id, key in extra.order_by("rank").values_list("id", "cache_key"):
                 plan.take_identical(job_id, key)
+        payloads = dict(
+            Job.objects.filter(id__in=[g.job_ids[0] for g in plan.fresh.values()]).values_list(
+                "id", "payload"
+            )
+        )
         lease = policy.lease_until(now)
         for generation in plan.fresh.values():
+            generation.payload = payloads[generation.job_ids[0]]
             _start(generation.job_ids, generation.generation_id, worker, lease, now, first=True)
         leaders = {r.generation_id: r for r in running_by_key.values()}
         for generation_id, job_ids in plan.joins.items():
@@ -184,8 +206,107 @@ def claim_batch(*, worker: str, allow_partial: bool = True) -> Claim:
                 counters.DEDUPLICATED: len(assigned) - len(plan.fresh),
             }
         )
-    more = len(candidates) == size and len(plan.fresh) < free
-    return Claim(list(plan.fresh.values()), assigned=assigned, more=more)
+    more = plan.considered == size and len(plan.fresh) < free
+    models = len({job.model for jobs in by_owner.values() for job in jobs})
+    return Claim(list(plan.fresh.values()), assigned=assigned, more=more, models_pending=models)
+
+
+# How many of each owner's first pending jobs the pick sees beyond a batch (jobs of a model at its
+# cap are passed over for the next one).
+CANDIDATE_SLACK = 8
+MAX_CANDIDATES = 2000
+
+# Each owner's first pending jobs in rank order (a window per owner: one owner's backlog never hides
+# another owner's job). SQLite and PostgreSQL both have window functions.
+_CANDIDATES_SQL = f"""
+SELECT id, owner, model, cache_key, endpoint, priority, rank, created_at, model_cap FROM (
+    SELECT id, owner, model, cache_key, endpoint, priority, rank, created_at, model_cap,
+           ROW_NUMBER() OVER (PARTITION BY owner ORDER BY rank) AS place
+    FROM "{Job._meta.db_table}" WHERE status = %s
+) AS heads WHERE place <= %s ORDER BY rank LIMIT %s
+"""  # noqa: S608 - the model's own table; values are parameters
+
+
+def _candidates(*, per_owner: int) -> dict[str, list[policy.Candidate]]:
+    by_owner: dict[str, list[policy.Candidate]] = {}
+    with connection.cursor() as cursor:
+        cursor.execute(_CANDIDATES_SQL, [Status.PENDING, per_owner, MAX_CANDIDATES])
+        for job_id, owner, model, key, endpoint, priority, rank, created, cap in cursor.fetchall():
+            if isinstance(created, str):  # SQLite hands datetimes back as text
+                created = datetime.fromisoformat(created)
+            by_owner.setdefault(owner, []).append(
+                policy.Candidate(
+                    id=job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id)),
+                    owner=owner,
+                    model=model,
+                    cache_key=key,
+                    endpoint=endpoint,
+                    priority=priority,
+                    rank=rank,
+                    created=created.timestamp(),
+                    model_cap=cap,
+                )
+            )
+    return by_owner
+
+
+def _load(loaded: set[str] | None) -> policy.Load:
+    """Running generations by owner and model (a generation counted once, whoever shares it)."""
+    load = policy.Load(loaded=loaded, now=clock.now(), expected_cost=selectors.average_generation_ms() / 1000)
+    rows = (
+        Job.objects.running()
+        .values("generation_id")
+        .annotate(owner=Min("owner"), model=Min("model"), started=Min("started_at"))
+    )
+    load.in_flight = {}
+    for row in rows:
+        load.running_by_owner[row["owner"]] += 1
+        load.running_by_model[row["model"]] += 1
+        started = row["started"].timestamp() if row["started"] else load.now
+        load.in_flight[row["owner"]] = load.in_flight.get(row["owner"], 0.0) + max(load.now - started, 0.0)
+    return load
+
+
+def _services(owners: list[str], load: policy.Load) -> dict[str, float]:
+    """Each owner's attained service now: decayed received GPU time, plus what runs for it."""
+    stored = dict(
+        (owner, policy.decayed(service, updated, load.now))
+        for owner, service, updated in OwnerService.objects.filter(owner__in=owners).values_list(
+            "owner", "service", "updated"
+        )
+    )
+    return {owner: stored.get(owner, 0.0) + load.in_flight.get(owner, 0.0) for owner in owners}
+
+
+def _fail_over_quota(by_owner: dict[str, list[policy.Candidate]], now: datetime) -> None:
+    """An owner whose quota ran out since its jobs were accepted: they fail, and are not run."""
+    for owner in list(by_owner):
+        rules = rules_for(owner)
+        if not rules.has_quota:
+            continue
+        error = quota_error(owner, rules)
+        if error is None:
+            continue
+        failed = (
+            Job.objects.pending()
+            .filter(owner=owner)
+            .finish(status=Status.FAILED, finished_at=now, error_code=error.code, error_message=error.message)
+        )
+        counters.incr(counters.FAILED, failed)
+        del by_owner[owner]
+
+
+def quota_error(owner: str, rules: OwnerRules) -> QuotaExceeded | None:
+    """QuotaExceeded (with Retry-After at the window's end) when ``owner`` used up a quota."""
+    found = usage.exhausted(owner=owner, quotas=rules.quotas)
+    if found is None:
+        return None
+    unit, window, ends = found
+    retry = max(1, math.ceil((ends - clock.utcnow()).total_seconds()))
+    words = "tokens" if unit == "tokens" else "GPU seconds"
+    return QuotaExceeded(
+        f"The {words} quota of this {window} is used up; it renews at {ends.isoformat()}.", retry_after=retry
+    )
 
 
 def _running_by_key(keys: set[str]) -> dict[str, policy.Running]:
@@ -239,13 +360,21 @@ def renew_leases(*, worker: str) -> set[uuid.UUID]:
 
 
 def finish_generation(
-    *, worker: str, generation_id: uuid.UUID, chunks: list[Chunk], final: dict[str, Any]
+    *,
+    worker: str,
+    generation_id: uuid.UUID,
+    chunks: list[Chunk],
+    final: dict[str, Any],
+    wall_seconds: float = 0.0,
 ) -> list[Job]:
-    """Write the result to every live job of the generation, if ``worker`` still holds its lease."""
+    """Write the result to every live job of the generation, if ``worker`` still holds its lease,
+    and charge its cost once, to the owner whose request started it."""
     now = timezone.now()
     with queue_lock():
         live = Job.objects.in_generation(generation_id).filter(lease_owner=worker)
-        jobs = list(live.only("id", "use_cache"))
+        jobs = list(live.only("id", "use_cache", "owner", "model", "created_at").order_by("created_at"))
+        if jobs:
+            _charge(jobs[0].owner, jobs[0].model, usage.Cost.of(final, wall_seconds))
         Job.objects.filter(id__in=[j.id for j in jobs], status=Status.PROCESSING).finish(
             status=Status.COMPLETED,
             finished_at=now,
@@ -257,6 +386,17 @@ def finish_generation(
     if jobs:
         counters.incr_many({counters.COMPLETED: len(jobs), counters.GENERATIONS: 1})
     return jobs
+
+
+def _charge(owner: str, model: str, cost: usage.Cost) -> None:
+    """Add a generation's GPU time to the owner's attained service, and its usage."""
+    now = clock.now()
+    row = OwnerService.objects.filter(owner=owner).first()
+    service = policy.decayed(row.service, row.updated, now) if row is not None else 0.0
+    OwnerService.objects.update_or_create(
+        owner=owner, defaults={"service": service + cost.gpu_seconds, "updated": now}
+    )
+    usage.charge(owner=owner, model=model, cost=cost)
 
 
 def fail_generation(*, worker: str, generation_id: uuid.UUID, error: ApiError) -> dict[str, int]:

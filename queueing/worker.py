@@ -25,7 +25,8 @@ from django.conf import settings
 
 from chat.caches import store_response
 from core.errors import ApiError, OllamaError
-from core.generation import Chunk, record_chunk, split_final
+from core.generation import WHOLE_ENDPOINTS, Chunk, record_chunk, split_final
+from core.generation import metrics as ollama_metrics
 from core.ollama import close_client, get_client
 from core.runtime import prepare_process, run_scheduler_blocking
 from queueing import live, policy, transitions
@@ -34,6 +35,26 @@ from queueing.spec import Claim, Generation
 from stats import counters, metrics
 
 logger = logging.getLogger(__name__)
+
+
+class LoadedModels:
+    """The models Ollama has loaded (``/api/ps``), asked at most every LOADED_REFRESH_SECONDS: the
+    pick prefers them over a model swap. Unknown (None) while Ollama does not answer."""
+
+    LOADED_REFRESH_SECONDS = 0.25  # only asked while requests for several models wait
+
+    def __init__(self) -> None:
+        self.at = -1e9
+        self.value: set[str] | None = None
+
+    async def models(self) -> set[str] | None:
+        if time.monotonic() - self.at >= self.LOADED_REFRESH_SECONDS:
+            self.at = time.monotonic()
+            try:
+                self.value = {str(m.get("name") or m.get("model")) for m in await get_client().ps()}
+            except ApiError:
+                self.value = None
+        return self.value
 
 
 @dataclass
@@ -54,6 +75,8 @@ class QueueWorker:
         self._batch = policy.BatchWait()
         self._last_expiry_check = 0.0
         self._claiming: asyncio.Future[Claim] | None = None
+        self._loaded = LoadedModels()
+        self._several_models = False
 
     # --- running -------------------------------------------------------------------------------
 
@@ -112,10 +135,16 @@ class QueueWorker:
             # waits for it, so whatever it claimed is released with the rest.
             self._claiming = asyncio.ensure_future(
                 run_scheduler_blocking(
-                    transitions.claim_batch, worker=self.name, allow_partial=self._batch.allow_partial()
+                    transitions.claim_batch,
+                    worker=self.name,
+                    allow_partial=self._batch.allow_partial(),
+                    loaded=await self._loaded.models() if self._several_models else None,
                 )
             )
             claim = await asyncio.shield(self._claiming)
+            # Ollama's loaded models matter only when requests for several models wait.
+            if claim.models_pending is not None:
+                self._several_models = claim.models_pending > 1
             if claim.deferred:
                 self._batch.deferred()
                 return
@@ -157,16 +186,26 @@ class QueueWorker:
         started = time.monotonic()
         try:
             final: dict[str, Any] = {}
-            async for raw in get_client().stream(f"/api/{generation.endpoint}", generation.payload):
-                if not state.chunks:
-                    metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - started)
-                if raw.get("done"):
-                    last, final = split_final(generation.endpoint, raw)
-                    if last is not None:
-                        await self._publish(state, group, last)
-                    break
-                await self._publish(state, group, record_chunk(generation.endpoint, raw))
-            jobs = await run_scheduler_blocking(_finish_and_store, self.name, generation, state.chunks, final)
+            if generation.endpoint in WHOLE_ENDPOINTS:
+                # Embeddings: one JSON answer, kept whole as the record's final.
+                answer = await get_client().request_json(
+                    "POST", f"/api/{generation.endpoint}", generation.payload
+                )
+                final = {**ollama_metrics(answer), "body": answer}
+            else:
+                async for raw in get_client().stream(f"/api/{generation.endpoint}", generation.payload):
+                    if not state.chunks:
+                        metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - started)
+                    if raw.get("done"):
+                        last, final = split_final(generation.endpoint, raw)
+                        if last is not None:
+                            await self._publish(state, group, last)
+                        break
+                    await self._publish(state, group, record_chunk(generation.endpoint, raw))
+            wall = time.monotonic() - started
+            jobs = await run_scheduler_blocking(
+                _finish_and_store, self.name, generation, state.chunks, final, wall
+            )
             if jobs:
                 metrics.GENERATION_TIME.observe(time.monotonic() - started)
                 counters.incr(counters.GENERATION_MS_TOTAL, int((time.monotonic() - started) * 1000))
@@ -248,12 +287,16 @@ class QueueWorker:
 
 
 def _finish_and_store(
-    worker: str, generation: Generation, chunks: list[Chunk], final: dict[str, Any]
+    worker: str, generation: Generation, chunks: list[Chunk], final: dict[str, Any], wall_seconds: float
 ) -> list[Any]:
     """Write the result to the jobs (as the lease holder) and, if any wants it, to the response
     cache, in one trip to the worker's thread (a repeat arriving meanwhile finds the entry soon)."""
     jobs = transitions.finish_generation(
-        worker=worker, generation_id=generation.generation_id, chunks=chunks, final=final
+        worker=worker,
+        generation_id=generation.generation_id,
+        chunks=chunks,
+        final=final,
+        wall_seconds=wall_seconds,
     )
     if any(job.use_cache for job in jobs):
         store_response(

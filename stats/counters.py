@@ -14,7 +14,8 @@ import atexit
 import collections
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Generic, TypeVar
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, close_old_connections, transaction
@@ -51,28 +52,50 @@ ALL = (
 )  # fmt: skip
 
 
-class _Buffer:
-    """This process's increments not yet written (per process by nature; flushed to the shared table)."""
+K = TypeVar("K", bound=Hashable)
 
-    def __init__(self) -> None:
-        self.pending: collections.Counter[str] = collections.Counter()
+
+class Buffer(Generic[K]):
+    """Increments not yet written (per process by nature; flushed to a shared table by ``write``
+    every FLUSH_SECONDS from a background thread, and at exit). Used for the counters here and for
+    the usage figures of ``stats.usage``."""
+
+    def __init__(self, name: str, write: Callable[[Mapping[K, int]], None]) -> None:
+        self.name, self.write = name, write
+        self.pending: collections.Counter[K] = collections.Counter()
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
+        atexit.register(self._flush_at_exit)
 
-    def add(self, amounts: Mapping[str, int]) -> None:
+    def add(self, amounts: Mapping[K, int]) -> None:
         with self.lock:
             self.pending.update({k: v for k, v in amounts.items() if v})
             if not settings.COUNTERS_BACKGROUND_FLUSH:
                 return
             if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._run, name="counter-flush", daemon=True)
+                self.thread = threading.Thread(target=self._run, name=f"{self.name}-flush", daemon=True)
                 self.thread.start()
 
-    def take(self) -> dict[str, int]:
+    def take(self) -> dict[K, int]:
         with self.lock:
             taken, self.pending = dict(self.pending), collections.Counter()
         return taken
+
+    def flush(self) -> None:
+        """Write the pending increments now (put back if the write fails)."""
+        taken = self.take()
+        if not taken:
+            return
+        try:
+            self.write(taken)
+        except DatabaseError:
+            self.add(taken)
+            raise
+
+    def _flush_at_exit(self) -> None:
+        if self.pending:
+            self.flush()
 
     def _run(self) -> None:
         while True:
@@ -80,12 +103,9 @@ class _Buffer:
             self.wake.clear()
             close_old_connections()
             try:
-                flush()
+                self.flush()
             except DatabaseError:
-                logger.exception("writing counters failed; will retry")
-
-
-_buffer = _Buffer()
+                logger.exception("writing %s failed; will retry", self.name)
 
 
 def incr(name: str, amount: int = 1) -> None:
@@ -99,28 +119,13 @@ def incr_many(amounts: Mapping[str, int]) -> None:
 
 
 def flush() -> None:
-    """Write this process's pending increments now (put back if the write fails)."""
-    taken = _buffer.take()
-    if not taken:
-        return
-    try:
-        _write(taken)
-    except DatabaseError:
-        _buffer.add(taken)
-        raise
+    """Write this process's pending counter increments now."""
+    _buffer.flush()
 
 
 def discard_pending() -> None:
     """Forget this process's unwritten increments (tests start from a clean slate)."""
     _buffer.take()
-
-
-def _flush_at_exit() -> None:
-    if _buffer.pending:
-        flush()
-
-
-atexit.register(_flush_at_exit)
 
 
 def _write(amounts: Mapping[str, int]) -> None:
@@ -135,6 +140,9 @@ def _write(amounts: Mapping[str, int]) -> None:
                     Counter.objects.create(name=name, value=amount)
             except IntegrityError:  # created by another process in between
                 Counter.objects.filter(name=name).update(value=F("value") + amount)
+
+
+_buffer: Buffer[str] = Buffer("counters", _write)
 
 
 def read(names: Iterable[str] | None = None) -> dict[str, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, ConfigDict
 from pydantic_core import PydanticCustomError
@@ -73,3 +73,10 @@ class HealthQuery(Query):
     @property
     def is_deep(self) -> bool:
         return self.deep.lower() in ("1", "true", "yes")
+
+
+class UsageQuery(Query):
+    """``/api/usage?window=hour|day|month`` (default day)."""
+
+    field_codes: ClassVar[dict[str, str]] = {"window": "invalid_window"}
+    window: Literal["hour", "day", "month"] = "day"

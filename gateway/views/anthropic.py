@@ -179,9 +179,10 @@ async def messages(request: HttpRequest, body: MessagesBody) -> HttpResponseBase
     """``POST /v1/messages``."""
     facts = await model_facts(body.model)
     payload = {**body.native(can_think=facts.thinks), "keep_alive": payloads.keep_alive(None)}
-    session = GenerationSession(
-        await payloads.spec_for(request, endpoint="chat", payload=payload, samples=body.samples())
+    spec = await payloads.spec_for(
+        request, endpoint="chat", payload=payload, samples=body.samples(), streaming=body.stream
     )
+    session = GenerationSession(spec)
     await session.start()
     if not body.stream:
         return JsonResponse(message_response(body.model, await session.answer(), session.final))

@@ -110,7 +110,9 @@ async def _generate(
 ) -> HttpResponseBase:
     model = payload["model"]
     session = GenerationSession(
-        await payloads.spec_for(request, endpoint=endpoint, payload=payload, samples=samples)
+        await payloads.spec_for(
+            request, endpoint=endpoint, payload=payload, samples=samples, streaming=stream
+        )
     )
     await session.start()
     if not stream:
@@ -135,13 +137,13 @@ async def _generate(
 @ollama_view("POST", body=EmbedBody)
 async def embed(request: HttpRequest, body: EmbedBody) -> HttpResponseBase:
     """``POST /api/embed``: passed through, cached by model and input."""
-    return JsonResponse(await embeddings(request, "/api/embed", body.native()))
+    return JsonResponse(await embeddings(request, "embed", body.native()))
 
 
 @ollama_view("POST", body=EmbeddingsBody)
 async def legacy_embeddings(request: HttpRequest, body: EmbeddingsBody) -> HttpResponseBase:
     """``POST /api/embeddings``: the legacy single-prompt endpoint (unnormalised, as Ollama serves it)."""
-    return JsonResponse(await embeddings(request, "/api/embeddings", body.native()))
+    return JsonResponse(await embeddings(request, "embeddings", body.native()))
 
 
 @ollama_view("GET")

@@ -157,7 +157,9 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionsBody) -> H
     """``POST /v1/chat/completions``."""
     payload = payloads.openai_chat(body)
     model = str(payload["model"])
-    spec = await payloads.spec_for(request, endpoint="chat", payload=payload, samples=body.samples())
+    spec = await payloads.spec_for(
+        request, endpoint="chat", payload=payload, samples=body.samples(), streaming=body.stream
+    )
     session = GenerationSession(spec)
     await session.start()
     if not body.stream:
@@ -218,7 +220,9 @@ async def completions(request: HttpRequest, body: CompletionsBody) -> HttpRespon
     """``POST /v1/completions``: a prompt (and suffix) as Ollama's /api/generate takes it."""
     model = body.model or settings.OLLAMA_MODEL
     payload = {**body.native(model), "keep_alive": payloads.keep_alive(None)}
-    spec = await payloads.spec_for(request, endpoint="generate", payload=payload, samples=body.samples())
+    spec = await payloads.spec_for(
+        request, endpoint="generate", payload=payload, samples=body.samples(), streaming=body.stream
+    )
     session = GenerationSession(spec)
     await session.start()
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -248,7 +252,7 @@ def _floats_to_base64(vector: list[float]) -> str:
 @openai_view("POST", body=OpenAIEmbeddingsBody)
 async def embeddings_view(request: HttpRequest, body: OpenAIEmbeddingsBody) -> HttpResponseBase:
     """``POST /v1/embeddings``: through the embedding cache, as Ollama's /api/embed answers it."""
-    answer = await embeddings(request, "/api/embed", body.native())
+    answer = await embeddings(request, "embed", body.native())
     data = []
     for i, vector in enumerate(answer.get("embeddings") or []):
         value: Any = _floats_to_base64(vector) if body.encoding_format == "base64" else vector

@@ -85,7 +85,7 @@ async def chat_queue(
     return JsonResponse({"request_id": str(job.id), "status": job.status})
 
 
-@api_view("GET", query=RequestQuery)
+@api_view("GET", query=RequestQuery, streams=True)
 async def chat_queue_stream(request: HttpRequest, query: RequestQuery) -> HttpResponseBase:
     """SSE of one request's tokens; a finished one is replayed at once."""
     job = await run_blocking(selectors.get_request, job_id=query.requestId, owner=owner_of(request))

@@ -269,7 +269,9 @@ def whole_response(body: ResponsesBody, answer: Answer, final: dict[str, Any]) -
 async def responses(request: HttpRequest, body: ResponsesBody) -> HttpResponseBase:
     """``POST /v1/responses``."""
     payload = {**body.native(), "keep_alive": payloads.keep_alive(None)}
-    spec = await payloads.spec_for(request, endpoint="chat", payload=payload, samples=body.samples())
+    spec = await payloads.spec_for(
+        request, endpoint="chat", payload=payload, samples=body.samples(), streaming=body.stream
+    )
     session = GenerationSession(spec)
     await session.start()
     if not body.stream:

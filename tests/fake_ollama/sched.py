@@ -68,6 +68,9 @@ class Scheduling:
         self.in_flight_by_model: dict[str, int] = {}
         self.max_in_flight_by_model: dict[str, int] = {}
         self.waiting_by_model: dict[str, int] = {}
+        # Requests of a model at the emulator at once, waiting for a slot included: what a gateway
+        # that respects a one-at-a-time model keeps at 1.
+        self.max_received_by_model: dict[str, int] = {}
 
     # --- what a request asks for -------------------------------------------------------------
 
@@ -262,6 +265,8 @@ class Scheduling:
             with self._lock:
                 self.waiting += 1
                 self.waiting_by_model[name] = self.waiting_by_model.get(name, 0) + 1
+                received = self.waiting_by_model[name] + self.in_flight_by_model.get(name, 0)
+                self.max_received_by_model[name] = max(self.max_received_by_model.get(name, 0), received)
             try:
                 await gate.acquire()
             finally:
@@ -272,6 +277,8 @@ class Scheduling:
             now = self.in_flight_by_model.get(name, 0) + 1
             self.in_flight_by_model[name] = now
             self.max_in_flight_by_model[name] = max(self.max_in_flight_by_model.get(name, 0), now)
+            received = now + self.waiting_by_model.get(name, 0)
+            self.max_received_by_model[name] = max(self.max_received_by_model.get(name, 0), received)
         return gate
 
     def _free_slot(self, runner: Runner, gate: asyncio.Semaphore | None) -> None:

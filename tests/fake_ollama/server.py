@@ -154,6 +154,7 @@ class FakeOllama(Generation, NativeEndpoints, OpenAILayer, ResponsesLayer, Anthr
                 "in_flight_by_model": {k: v for k, v in self.in_flight_by_model.items() if v},
                 "max_in_flight_by_model": dict(self.max_in_flight_by_model),
                 "waiting_by_model": {k: v for k, v in self.waiting_by_model.items() if v},
+                "max_received_by_model": dict(self.max_received_by_model),
                 "by_surface": dict(self.by_surface),
                 "tool_calls": self.tool_calls_made,
                 "thinking_generations": self.thinking_generations,

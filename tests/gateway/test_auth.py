@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from gateway.auth import hash_key
-from tests.helpers import MODEL, messages, ollama_body, submit, wait_status
+from tests.helpers import MODEL, messages, ollama_body, submit, wait_for, wait_status
 from tests.live import ROOT
 
 ALICE, BOB = "cbk_alice_key_0123456789abcdef", "cbk_bob_key_fedcba9876543210"
@@ -108,7 +108,20 @@ def test_concurrent_streams_limit(start_server, ollama):
             assert first.status_code == 200 and next(lines).startswith("data: ")
             second = alice.post("/api/chat-optimized", json={**body, "messages": messages("another")})
         assert second.status_code == 429 and second.json()["code"] == "too_many_streams"
-        third = alice.post("/api/chat-optimized", json={**body, "messages": messages("after")})
+        # The refused stream was never queued: it never reached Ollama.
+        assert ollama.calls_for(ollama_body("another")) == 0
+        # The slot is free once the server has seen the first client leave (within a second).
+        third = wait_for(
+            lambda: (
+                (
+                    r := alice.post("/api/chat-optimized", json={**body, "messages": messages("after")})
+                ).status_code
+                == 200
+                and r
+            ),
+            timeout=2,
+            interval=0.05,
+        )
     assert third.status_code == 200
 
 

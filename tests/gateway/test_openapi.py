@@ -140,6 +140,8 @@ def test_live_answers_match_the_document(checked, ollama) -> None:
     ollama.configure(token_delay=0, token_count=8)
 
     c(client.get("/api/cache-stats"))
+    c(client.get("/api/usage"))
+    c(client.get("/api/usage", params={"window": "fortnight"}))
     c(client.post("/api/cache-stats", json={"action": "clear"}))
     c(client.get("/metrics"))
 
