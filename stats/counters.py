@@ -64,6 +64,9 @@ class Buffer(Generic[K]):
         self.name, self.write = name, write
         self.pending: collections.Counter[K] = collections.Counter()
         self.lock = threading.Lock()
+        # Held from taking the increments until they are written: the flush at exit waits for a
+        # background write under way (taken increments would otherwise die with the thread).
+        self.writing = threading.Lock()
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
         atexit.register(self._flush_at_exit)
@@ -84,18 +87,18 @@ class Buffer(Generic[K]):
 
     def flush(self) -> None:
         """Write the pending increments now (put back if the write fails)."""
-        taken = self.take()
-        if not taken:
-            return
-        try:
-            self.write(taken)
-        except DatabaseError:
-            self.add(taken)
-            raise
+        with self.writing:
+            taken = self.take()
+            if not taken:
+                return
+            try:
+                self.write(taken)
+            except DatabaseError:
+                self.add(taken)
+                raise
 
     def _flush_at_exit(self) -> None:
-        if self.pending:
-            self.flush()
+        self.flush()
 
     def _run(self) -> None:
         while True:
