@@ -19,5 +19,6 @@ USER chatbot
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=2).status != 200)"
-# Migrations are idempotent; run them, then serve. No --http-timeout: long streams must survive.
-CMD ["sh", "-c", "python manage.py migrate --noinput && exec daphne -b \"$HOST\" -p \"$PORT\" chatbot_site.asgi:application"]
+# Migrations are idempotent; run them, then serve (daphne's CLI through chatbot_site.serve, which
+# bounds each connection). No --http-timeout: long streams must survive.
+CMD ["sh", "-c", "python manage.py migrate --noinput && exec python -m chatbot_site.serve -b \"$HOST\" -p \"$PORT\" chatbot_site.asgi:application"]

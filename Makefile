@@ -26,7 +26,7 @@ migrate: $(VENV)/.runtime
 
 run: migrate
 	@echo "chatbot-backend: serving on http://$(HOST):$(PORT) (Ctrl-C stops it)"
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatbot_site.asgi:application
+	$(PY) -m chatbot_site.serve -b $(HOST) -p $(PORT) chatbot_site.asgi:application
 
 # The whole suite twice: on the embedded default, then scaled out on Redis + PostgreSQL.
 test: browser-deps test-embedded test-scaled

@@ -43,12 +43,16 @@ TARGETS = {
     "rss_peak_mb": ("<=", 150),
     "start_to_healthy_s": ("<=", 1.5),
     "queue_completed_per_s": (">=", 150),
+    "servers_2_tokens_ratio": (">=", 1.8),
+    "servers_3_tokens_ratio": (">=", 2.5),
 }
 
 
 def daphne_command(port: int) -> list[str]:
-    """The service on a loopback port, as `make run` starts it."""
-    return [SERVER_PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"]
+    """The service on a loopback port, as `make run` starts it (daphne's CLI through the launcher)."""
+    return [
+        SERVER_PY, "-m", "chatbot_site.serve", "-b", "127.0.0.1", "-p", str(port), "chatbot_site.asgi:application"
+    ]  # fmt: skip
 
 
 def free_port() -> int:
@@ -108,13 +112,21 @@ def wait_http(url: str, timeout: float = 30) -> float:
 
 
 class Emulator:
-    def __init__(self, procs: Procs, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        procs: Procs,
+        env: dict[str, str],
+        *,
+        token_delay: float = 0.01,
+        parallel: int = 0,
+        name: str = "",
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         procs.start(
             [PY, "-m", "tests.fake_ollama", "--port", str(self.port), "--first-token-delay", "0.05",
-             "--token-delay", "0.01", "--token-count", "64"],
-            env, "emulator",
+             "--token-delay", str(token_delay), "--token-count", "64", "--parallel", str(parallel)],
+            env, f"emulator{name}",
         )  # fmt: skip
         wait_http(f"{self.url}/api/version")
 
@@ -385,6 +397,10 @@ def main() -> int:
             )
             wait_http(f"http://127.0.0.1:{port}/health")
         results["queue_completed_per_s"] = round(asyncio.run(queue_throughput(base)), 1)
+        results["servers"] = servers_scaling(procs, env, ports, scaled=args.scaled)
+        one = results["servers"]["1"]["tokens_per_s"]
+        for n in (2, 3):
+            results[f"servers_{n}_tokens_ratio"] = round(results["servers"][str(n)]["tokens_per_s"] / one, 3)
     finally:
         procs.stop()
 
@@ -401,6 +417,44 @@ def main() -> int:
     return 0
 
 
+SCALING_CLIENTS = 12  # enough to fill three servers of 4 slots; with fewer servers the rest queue
+
+
+def servers_scaling(procs: Procs, env: dict[str, str], ports: list[int], *, scaled: bool) -> dict[str, Any]:
+    """Tokens/s through the gateway with 1, 2 and 3 emulators behind it, each running at most 4
+    generations at once (OLLAMA_NUM_PARALLEL=4) at 40 tokens/s per generation, as a GPU would;
+    the gateway's max_concurrent is 4 per server. 12 streaming clients, 4 unique prompts each."""
+    emulators = [Emulator(procs, env, token_delay=0.025, parallel=4, name=f"-gpu{i}") for i in range(3)]
+    found: dict[str, Any] = {}
+    for n in (1, 2, 3):
+        for proc in procs.procs:
+            if proc.args[:1] == [SERVER_PY] and proc.poll() is None and "tests.fake_ollama" not in proc.args:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(15)
+        fleet_env = {
+            **env,
+            "OLLAMA_SERVERS": ",".join(f"gpu{i}={e.url}" for i, e in enumerate(emulators[:n])),
+            "QUEUE_MAX_CONCURRENT": "4",
+            "BATCH_MAX_BATCH_SIZE": "4",
+        }
+        for port in ports:
+            procs.start(daphne_command(port), fleet_env, f"fleet{n}-{port}")
+            wait_http(f"http://127.0.0.1:{port}/health")
+        if scaled:
+            for i in range(2):
+                procs.start(
+                    [SERVER_PY, "manage.py", "runworker", "chat-worker"], fleet_env, f"fleet{n}-worker{i}"
+                )
+        for emulator in emulators:
+            emulator.reset()
+        base = f"http://127.0.0.1:{ports[0]}"
+        found[str(n)] = asyncio.run(
+            streaming_misses(f"{base}/api/chat-optimized", True, SCALING_CLIENTS, 4, f"fleet{n}")
+        )
+        found[str(n)]["max_in_flight_per_server"] = [e.stats()["max_in_flight"] for e in emulators[:n]]
+    return found
+
+
 def print_table(r: dict[str, Any], scaled: bool) -> None:
     out = [
         f"chatbot-backend bench ({'scaled out: 2 daphne + 2 workers, Redis + PostgreSQL' if scaled else 'embedded default'}); {r['machine']}",
@@ -410,6 +464,11 @@ def print_table(r: dict[str, Any], scaled: bool) -> None:
         f"| streaming misses, TTFT p50 / p99 | {r['streaming_gateway']['ttft_p50_ms']} / {r['streaming_gateway']['ttft_p99_ms']} ms | {r['streaming_direct']['ttft_p50_ms']} / {r['streaming_direct']['ttft_p99_ms']} ms |",
         f"| streaming misses, tokens/s ({r['streaming_gateway']['requests']} requests) | {r['streaming_gateway']['tokens_per_s']} | {r['streaming_direct']['tokens_per_s']} |",
         f"| streaming misses, total time | {r['streaming_gateway']['total_s']} s | {r['streaming_direct']['total_s']} s |",
+        *(
+            f"| {n} Ollama server{'s' if n > 1 else ''} (4 parallel each), tokens/s | "
+            f"{r['servers'][str(n)]['tokens_per_s']} (TTFT p50 {r['servers'][str(n)]['ttft_p50_ms']} ms) | n/a |"
+            for n in (1, 2, 3)
+        ),
         f"| non-streaming cache hits (wrk, 50 conns) | {r['cache_hits_gateway']['rps']} req/s, p50 {r['cache_hits_gateway']['p50_ms']} ms, p99 {r['cache_hits_gateway']['p99_ms']} ms | full path {r['emulator_full_path']['rps']} req/s, p50 {r['emulator_full_path']['p50_ms']} ms |",
         "",
         "| figure | value | target | met |",

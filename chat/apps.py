@@ -16,12 +16,12 @@ class ChatConfig(AppConfig):
 
 
 def _prepare_for_requests(loop: asyncio.AbstractEventLoop) -> None:
-    """Pay the first request's one-off costs at start-up instead: the Ollama client (its TLS
+    """Pay the first request's one-off costs at start-up instead: the Ollama clients (their TLS
     context loads the CA bundle) and the blocking pool's database connection."""
     from django.db import connections
 
-    from core.ollama import open_client
+    from core import servers
 
-    open_client(loop)
+    servers.open_clients(loop)
     # The connection is looked up in the pool thread: each thread has its own.
     loop.run_in_executor(None, lambda: connections["default"].ensure_connection())

@@ -1,10 +1,15 @@
 """The response and conversation caches: keys, sizes, TTLs, LRU eviction by bytes, hit counters.
 
 Values live in the Django cache aliases ``responses`` and ``conversations`` (database cache on the
-embedded default, Redis scaled out). Their sizes and last-use times live in ``chat.CacheEntry`` and
-the hit/miss counters in ``stats.counters``, both in the shared database, so the byte limit and the
-statistics hold across processes in both deployments. A failing cache backend is logged and
-bypassed: callers see a miss, and a store is skipped.
+embedded default, Redis scaled out). Their sizes and last-use times live in ``chat.CacheEntry``,
+each alias's totals and the hit/miss counters in ``stats.models.Counter`` rows, all in the shared
+database, so the byte limit and the statistics hold across processes in both deployments. A size
+is what the backend really stores (``chat.cache_backends``). A failing cache backend is logged
+and bypassed: callers see a miss, and a store is skipped.
+
+Disk stays bounded: every store keeps the limit (``SizedCache``), expired entries are purged (a
+batch at every store, and all of them by ``purge_expired``, which the queue's retention pass runs),
+and ``reconcile`` repairs tables something else changed.
 """
 
 from __future__ import annotations
@@ -13,17 +18,21 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
-from django.db import connection
-from django.db.models import Count, Sum
+from django.core.cache.backends.base import BaseCache
+from django.db import DatabaseError, connections, router, transaction
+from django.db.models import BigIntegerField, Case, Count, F, Sum, Value, When
 
+from chat import cache_backends
 from chat.models import CacheEntry
 from stats import counters
+from stats.models import Counter
 
 logger = logging.getLogger(__name__)
 
@@ -64,22 +73,38 @@ class CacheTotals:
     size_bytes: int
 
 
-# How often a process checks the byte limit after storing (between checks the cache may exceed it
-# by what one process stores in a second).
-EVICT_CHECK_SECONDS = 1.0
+# Rows per statement when purging, evicting or sweeping: each batch is its own short transaction
+# outside a store, so the database's write lock is never held for long.
+BATCH = 500
 
-
+_INDEX = CacheEntry._meta.db_table
 # Insert or refresh an index row in one statement (SQLite and PostgreSQL both have ON CONFLICT).
 _INDEX_UPSERT = (
-    f'INSERT INTO "{CacheEntry._meta.db_table}" ("alias", "key", "size_bytes", "last_used", "expires_at") '  # noqa: S608 - the model's table; values are parameters
+    f'INSERT INTO "{_INDEX}" ("alias", "key", "size_bytes", "last_used", "expires_at") '  # noqa: S608 - the model's table; values are parameters
     'VALUES (%s, %s, %s, %s, %s) ON CONFLICT ("alias", "key") DO UPDATE SET '
     '"size_bytes" = excluded."size_bytes", "last_used" = excluded."last_used", '
     '"expires_at" = excluded."expires_at"'
 )
+# Index rows are deleted with RETURNING (SQLite 3.35+, PostgreSQL), so the totals lose exactly
+# what went, whatever a sliding read changed meanwhile.
+_INDEX_TAKE = f'DELETE FROM "{_INDEX}" WHERE "alias" = %s AND {{where}} RETURNING "key", "size_bytes"'  # noqa: S608 - the model's table
 
 
 class SizedCache:
-    """A Django cache alias bounded in bytes with least-recently-used eviction."""
+    """A Django cache alias bounded in bytes with least-recently-used eviction.
+
+    The bound holds at every store. The alias's totals (bytes and entries) are two rows of the
+    shared counter table, changed in the same transaction as the index rows; every change to the
+    index first locks them (a row lock on PostgreSQL; on SQLite the transaction's write lock), so
+    a store's check of the limit sees every other store, and two processes never evict for the
+    same bytes. The store itself evicts the least recently used entries until the total is within
+    ``max_bytes`` again (the entry just stored is never among them), and purges a batch of expired
+    entries. Values are written and deleted while the lock is held, so at any moment at most one
+    store's entry is beyond the limit (the limit plus one entry, across every process). On the
+    database cache (the embedded default) they are part of the same transaction, so a value and
+    its index row come and go together; on Redis a failed delete is logged and left to Redis's own
+    expiry (every key carries the TTL).
+    """
 
     def __init__(
         self,
@@ -96,7 +121,8 @@ class SizedCache:
         self._max_size_mb, self._ttl_seconds = max_size_mb, ttl_seconds  # read at call time
         self.hits, self.misses, self.evictions = hits, misses, evictions
         self.sliding = sliding  # a read renews the TTL (conversations), or not (responses)
-        self._evicted_at = 0.0  # when this process last checked the byte limit
+        # Counter rows holding the totals (not in stats.counters.ALL: they are levels, not events).
+        self.bytes_counter, self.entries_counter = f"{alias}.stored_bytes", f"{alias}.stored_entries"
         self._touched: dict[str, float] = {}  # key -> when this process last refreshed its LRU time
 
     @property
@@ -107,20 +133,25 @@ class SizedCache:
     def ttl_seconds(self) -> int:
         return int(self._ttl_seconds())
 
+    # --- reads and writes --------------------------------------------------------------------
+
     def get(self, key: str, *, count: bool = True) -> Any | None:
         """The stored value, or None (a miss, an expired entry or a failing backend)."""
         backend = caches[self.alias]
+        answered = True
         try:
             raw = backend.get(key)
             if raw is not None and self.sliding:
                 backend.touch(key, self.ttl_seconds)
         except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
             logger.warning("%s cache unavailable, bypassed: %s", self.alias, exc)
-            raw = None
+            raw, answered = None, False
         if raw is None:
-            stale = CacheEntry.objects.filter(alias=self.alias, key=key)
-            if stale.exists():  # a read first: a miss should not take the database's write lock
-                stale.delete()
+            # The backend lost the value (expired, or evicted by Redis itself): drop its index row.
+            # A read first: a miss should not take the database's write lock.
+            if answered and CacheEntry.objects.filter(alias=self.alias, key=key).exists():
+                with self._locked() as cursor:
+                    self._take(cursor, '"key" = %s', [key])
             if count:
                 counters.incr(self.misses)
             return None
@@ -138,87 +169,303 @@ class SizedCache:
             if not entry.filter(last_used__gte=now - LRU_RESOLUTION_SECONDS).exists() and not entry.update(
                 **fields
             ):
-                self._index(key, len(raw.encode()), now)
+                self._reindex(backend, key, raw, now)
         if count:
             counters.incr(self.hits)
         return json.loads(raw)
 
     def set(self, key: str, value: Any) -> bool:
-        """Store ``value`` (JSON) and evict the least recently used entries beyond the limit."""
+        """Store ``value`` (JSON), evicting the least recently used entries beyond the limit."""
         raw = canonical_json(value)
-        size = len(raw.encode())
-        if size > self.max_bytes:
-            logger.info("%s entry of %d bytes exceeds the whole cache; not stored", self.alias, size)
-            return False
+        backend = caches[self.alias]
+        ttl, limit = self.ttl_seconds, self.max_bytes
         try:
-            caches[self.alias].set(key, raw, timeout=self.ttl_seconds)
-        except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
+            with self._locked() as cursor:
+                try:
+                    size = cache_backends.write(backend, key, raw, timeout=ttl, max_bytes=limit)
+                except DatabaseError:
+                    raise  # this database: the transaction is spoilt, leave it (caught below)
+                except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
+                    logger.warning("%s cache unavailable, not stored: %s", self.alias, exc)
+                    return False
+                if size is not None:
+                    self._record(cursor, backend, key, size, time.time())
+        except DatabaseError as exc:  # the index's database, or the backend if it is that database
             logger.warning("%s cache unavailable, not stored: %s", self.alias, exc)
             return False
-        now = time.time()
-        self._index(key, size, now)
-        # The byte total is a scan of the index: once a second per process is enough.
-        if not self._evicted_at <= now < self._evicted_at + EVICT_CHECK_SECONDS:
-            self._evicted_at = now
-            self.evict()
+        if size is None:
+            logger.info(
+                "%s entry of %s exceeds the whole cache (%d bytes); not stored", self.alias, key, limit
+            )
+            return False
         return True
 
     def delete(self, key: str) -> bool:
-        existed = CacheEntry.objects.filter(alias=self.alias, key=key).delete()[0] > 0
-        try:
-            caches[self.alias].delete(key)
-        except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
-            logger.warning("%s cache unavailable, delete skipped: %s", self.alias, exc)
+        backend = caches[self.alias]
+        with self._locked() as cursor:
+            existed = bool(self._take(cursor, '"key" = %s', [key]))
+            self._delete_values(backend, [key])
         return existed
-
-    def _index(self, key: str, size: int, now: float) -> None:
-        """Insert or refresh the key's index row, in one statement."""
-        with connection.cursor() as cursor:
-            cursor.execute(_INDEX_UPSERT, [self.alias, key, size, now, now + self.ttl_seconds])
-
-    def evict(self) -> int:
-        """Drop expired index rows, then least recently used entries until within the limit."""
-        now = time.time()
-        CacheEntry.objects.filter(alias=self.alias, expires_at__lt=now).delete()
-        over = self.totals().size_bytes - self.max_bytes
-        if over <= 0:
-            return 0
-        victims, freed = [], 0
-        for key, size in (
-            CacheEntry.objects.filter(alias=self.alias).order_by("last_used").values_list("key", "size_bytes")
-        ).iterator():
-            victims.append(key)
-            freed += size
-            if freed >= over:
-                break
-        CacheEntry.objects.filter(alias=self.alias, key__in=victims).delete()
-        try:
-            caches[self.alias].delete_many(victims)
-        except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
-            logger.warning("%s cache unavailable during eviction: %s", self.alias, exc)
-        counters.incr(self.evictions, len(victims))
-        return len(victims)
-
-    def totals(self) -> CacheTotals:
-        row = CacheEntry.objects.filter(alias=self.alias, expires_at__gte=time.time()).aggregate(
-            n=Count("id"), size=Sum("size_bytes")
-        )
-        return CacheTotals(entries=row["n"] or 0, size_bytes=row["size"] or 0)
 
     def clear(self) -> int:
         """Remove this service's entries only (never a FLUSHDB of a shared Redis)."""
         self._touched.clear()
-        keys = list(CacheEntry.objects.filter(alias=self.alias).values_list("key", flat=True))
         backend = caches[self.alias]
-        try:
-            if hasattr(backend, "delete_pattern"):
-                backend.delete_pattern("*")  # django-redis: only keys under this alias's prefix
-            else:
+        together = self._together(backend)
+        with self._locked():
+            entries = CacheEntry.objects.filter(alias=self.alias)
+            removed = entries.count()
+            entries.delete()
+            self._set_totals(0, 0)
+            if together:
                 backend.clear()  # a database cache: the table belongs to this alias alone
+            else:
+                try:
+                    if hasattr(backend, "delete_pattern"):
+                        backend.delete_pattern("*")  # django-redis: only keys under this alias's prefix
+                    else:
+                        backend.clear()
+                except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
+                    logger.warning("%s cache unavailable during clear: %s", self.alias, exc)
+        return removed
+
+    def totals(self) -> CacheTotals:
+        """Entries and bytes stored now (two counter rows; the index itself if they are missing).
+        Expired entries count until they are purged (at the next store, or by ``purge_expired``)."""
+        values = dict(
+            Counter.objects.filter(name__in=(self.bytes_counter, self.entries_counter)).values_list(
+                "name", "value"
+            )
+        )
+        if len(values) < 2:
+            entries, size = self._index_totals()
+            return CacheTotals(entries=entries, size_bytes=size)
+        return CacheTotals(entries=values[self.entries_counter], size_bytes=values[self.bytes_counter])
+
+    # --- maintenance ---------------------------------------------------------------------------
+
+    def evict(self) -> int:
+        """Purge a batch of expired entries, then evict least recently used ones until within the
+        limit; returns how many were evicted (a store does this itself)."""
+        backend = caches[self.alias]
+        with self._locked() as cursor:
+            self._purge(cursor, backend, time.time())
+            return len(self._evict_over(cursor, backend, keep=None))
+
+    def purge_expired(self) -> int:
+        """Delete every expired entry, value and index row, in batches; returns how many went.
+        On the database cache this also deletes expired value rows that have no index row (left by
+        versions before this one, whose eviction kept them)."""
+        backend = caches[self.alias]
+        removed = 0
+        while True:
+            with self._locked() as cursor:
+                purged = self._purge(cursor, backend, time.time())
+            removed += len(purged)
+            if len(purged) < BATCH:
+                break
+        if isinstance(backend, cache_backends.UpsertDatabaseCache) and self._together(backend):
+            while True:
+                with self._locked():
+                    deleted = backend.delete_expired(limit=BATCH)
+                removed += deleted
+                if deleted < BATCH:
+                    break
+        return removed
+
+    def reconcile(self) -> dict[str, int]:
+        """Make the index, the values and the totals agree again, in batches: on the database cache,
+        delete value rows that have no index row and index rows that have no value; then recount
+        the totals from the index. The store keeps them in step by itself; this repairs what
+        something else did to the tables (a crash of an older version, a row deleted by hand)."""
+        backend = caches[self.alias]
+        orphan_values = orphan_entries = 0
+        if isinstance(backend, cache_backends.UpsertDatabaseCache) and self._together(backend):
+            prefix = backend.make_key("")
+            if backend.make_key("k") == f"{prefix}k":  # Django's key function: prefix, version, key
+                orphan_values, orphan_entries = self._sweep(backend, prefix)
+        with self._locked():
+            before = self.totals()
+            entries, size = self._index_totals()
+            self._set_totals(size, entries)
+        return {
+            "orphan_values": orphan_values,
+            "orphan_entries": orphan_entries,
+            "drift_bytes": before.size_bytes - size,
+            "drift_entries": before.entries - entries,
+        }
+
+    # --- inside the lock -----------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[Any]:
+        """A transaction holding this alias's totals rows (created from the index when missing)."""
+        using = router.db_for_write(CacheEntry)
+        names = (self.bytes_counter, self.entries_counter)
+        with transaction.atomic(using=using), connections[using].cursor() as cursor:
+            # Locked in name order, so two processes never wait for each other's second row.
+            held = Counter.objects.select_for_update().filter(name__in=names).order_by("name")
+            if len(list(held.values_list("name", flat=True))) < 2:
+                # Only the first insert counts (another process's, if it won): no other change to
+                # the index can happen before it, since every change needs these rows.
+                entries, size = self._index_totals()
+                Counter.objects.bulk_create(
+                    [
+                        Counter(name=self.bytes_counter, value=size),
+                        Counter(name=self.entries_counter, value=entries),
+                    ],
+                    ignore_conflicts=True,
+                )
+                list(held.values_list("name", flat=True))
+            yield cursor
+
+    def _record(self, cursor: Any, backend: BaseCache, key: str, size: int, now: float) -> None:
+        """Index a stored value, then purge a batch of expired entries and evict beyond the limit."""
+        old = (
+            CacheEntry.objects.filter(alias=self.alias, key=key).values_list("size_bytes", flat=True).first()
+        )
+        cursor.execute(_INDEX_UPSERT, [self.alias, key, size, now, now + self.ttl_seconds])
+        self._add_totals(size - (old or 0), 0 if old is not None else 1)
+        self._purge(cursor, backend, now)
+        self._evict_over(cursor, backend, keep=key)
+
+    def _reindex(self, backend: BaseCache, key: str, raw: str, now: float) -> None:
+        """Index a value found without an index row (stored by a process that died before indexing
+        it), if it is still there, and keep the limit."""
+        try:
+            size = cache_backends.stored_size(backend, key, raw)
+            with self._locked() as cursor:
+                if backend.has_key(key):
+                    self._record(cursor, backend, key, size, now)
         except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
-            logger.warning("%s cache unavailable during clear: %s", self.alias, exc)
-        CacheEntry.objects.filter(alias=self.alias).delete()
-        return len(keys)
+            logger.warning("%s cache unavailable, entry not indexed: %s", self.alias, exc)
+
+    def _purge(self, cursor: Any, backend: BaseCache, now: float) -> list[str]:
+        """Delete a batch of expired entries, values and index rows."""
+        where = (
+            f'"id" IN (SELECT "id" FROM "{_INDEX}" WHERE "alias" = %s AND "expires_at" < %s LIMIT {BATCH})'  # noqa: S608 - the model's table
+        )
+        purged = self._take(cursor, where, [self.alias, now])
+        self._delete_values(backend, purged)
+        if isinstance(backend, cache_backends.UpsertDatabaseCache) and self._together(backend):
+            backend.delete_expired(limit=BATCH)  # value rows past expiry that have no index row
+        return purged
+
+    def _evict_over(self, cursor: Any, backend: BaseCache, *, keep: str | None) -> list[str]:
+        """Evict least recently used entries (never ``keep``) until the total is within the limit."""
+        over = self._locked_bytes() - self.max_bytes
+        if over <= 0:
+            return []
+        victims, freed = [], 0
+        candidates = CacheEntry.objects.filter(alias=self.alias).order_by("last_used")
+        if keep is not None:
+            candidates = candidates.exclude(key=keep)
+        for victim, size in candidates.values_list("key", "size_bytes").iterator(chunk_size=64):
+            victims.append(victim)
+            freed += size
+            if freed >= over:
+                break
+        evicted: list[str] = []
+        for start in range(0, len(victims), BATCH):
+            batch = victims[start : start + BATCH]
+            placeholders = ", ".join(["%s"] * len(batch))
+            evicted += self._take(cursor, f'"key" IN ({placeholders})', batch)
+        self._delete_values(backend, evicted)
+        if evicted:
+            counters.incr(self.evictions, len(evicted))
+        return evicted
+
+    def _take(self, cursor: Any, where: str, params: list[Any]) -> list[str]:
+        """Delete index rows of this alias and take their bytes off the totals; their keys."""
+        cursor.execute(_INDEX_TAKE.format(where=where), [self.alias, *params])
+        rows = cursor.fetchall()
+        if rows:
+            self._add_totals(-sum(size for _, size in rows), -len(rows))
+        return [key for key, _ in rows]
+
+    def _sweep(self, backend: cache_backends.UpsertDatabaseCache, prefix: str) -> tuple[int, int]:
+        """Delete value rows without an index row and index rows without a value, a batch at a time."""
+        table, start = backend.table, len(prefix) + 1
+        page = f'SELECT "cache_key" FROM {table} WHERE "cache_key" > %s ORDER BY "cache_key" LIMIT {BATCH}'  # noqa: S608 - identifiers from settings
+        # The value's key is the prefix plus the index's key: the unique (alias, key) index serves it.
+        unindexed = (
+            f'DELETE FROM {table} WHERE "cache_key" > %s AND "cache_key" <= %s AND NOT EXISTS (SELECT 1 '  # noqa: S608 - identifiers from settings
+            f'FROM "{_INDEX}" e WHERE e."alias" = %s AND e."key" = SUBSTR({table}."cache_key", {start}))'
+        )
+        valueless = (
+            f'"id" > %s AND "id" <= %s AND NOT EXISTS (SELECT 1 FROM {table} c '  # noqa: S608 - identifiers from settings
+            f'WHERE c."cache_key" = %s || "{_INDEX}"."key")'
+        )
+        values = entries = 0
+        last = ""
+        while True:
+            with self._locked() as cursor:
+                cursor.execute(page, [last])
+                keys = [row[0] for row in cursor.fetchall()]
+                if not keys:
+                    break
+                cursor.execute(unindexed, [last, keys[-1], self.alias])
+                values += max(cursor.rowcount, 0)
+                last = keys[-1]
+        last_id = 0
+        while True:
+            with self._locked() as cursor:
+                ids = list(
+                    CacheEntry.objects.filter(alias=self.alias, id__gt=last_id)
+                    .order_by("id")
+                    .values_list("id", flat=True)[:BATCH]
+                )
+                if not ids:
+                    break
+                entries += len(self._take(cursor, valueless, [last_id, ids[-1], prefix]))
+                last_id = ids[-1]
+        return values, entries
+
+    def _together(self, backend: BaseCache) -> bool:
+        """Whether the values live in the index's database (one transaction covers both)."""
+        return isinstance(
+            backend, cache_backends.UpsertDatabaseCache
+        ) and backend.database == router.db_for_write(CacheEntry)
+
+    def _delete_values(self, backend: BaseCache, keys: list[str]) -> None:
+        """Delete values (inside the lock). On the database cache a failure undoes the whole
+        transaction; elsewhere it is logged and leaves them to the backend's own expiry (Redis
+        keys carry the TTL)."""
+        for start in range(0, len(keys), BATCH):
+            if self._together(backend):
+                backend.delete_many(keys[start : start + BATCH])
+                continue
+            try:
+                backend.delete_many(keys[start : start + BATCH])
+            except Exception as exc:  # noqa: BLE001 - any backend failure means "bypass the cache"
+                logger.warning("%s cache unavailable, %d values not deleted: %s", self.alias, len(keys), exc)
+                return
+
+    def _index_totals(self) -> tuple[int, int]:
+        row = CacheEntry.objects.filter(alias=self.alias).aggregate(n=Count("id"), size=Sum("size_bytes"))
+        return row["n"] or 0, row["size"] or 0
+
+    def _locked_bytes(self) -> int:
+        return int(Counter.objects.filter(name=self.bytes_counter).values_list("value", flat=True).get())
+
+    def _add_totals(self, size: int, entries: int) -> None:
+        Counter.objects.filter(name__in=(self.bytes_counter, self.entries_counter)).update(
+            value=F("value")
+            + Case(
+                When(name=self.bytes_counter, then=Value(size)),
+                default=Value(entries),
+                output_field=BigIntegerField(),
+            )
+        )
+
+    def _set_totals(self, size: int, entries: int) -> None:
+        Counter.objects.filter(name__in=(self.bytes_counter, self.entries_counter)).update(
+            value=Case(
+                When(name=self.bytes_counter, then=Value(size)),
+                default=Value(entries),
+                output_field=BigIntegerField(),
+            )
+        )
 
 
 response_cache = SizedCache(
@@ -239,6 +486,37 @@ conversation_cache = SizedCache(
     evictions=counters.CONVERSATION_EVICTIONS,
     sliding=True,
 )
+
+# A process reconciles the caches at its first maintenance pass and then this often: the stores
+# keep index, values and totals in step themselves, so this only repairs what something else did.
+RECONCILE_SECONDS = 3600.0
+_reconciled_at: float | None = None
+
+
+def maintain(*, reconcile: bool | None = None) -> dict[str, int]:
+    """Purge both caches' expired entries; reconcile them too at this process's first call and
+    hourly after (``reconcile`` forces or skips it). Returns how many entries were purged and how
+    many orphaned values or index rows were deleted (blocking)."""
+    global _reconciled_at
+    now = time.time()
+    if reconcile is None:
+        reconcile = _reconciled_at is None or now - _reconciled_at >= RECONCILE_SECONDS
+    out = {"cache_expired": 0, "cache_orphans": 0}
+    for cache in (response_cache, conversation_cache):
+        out["cache_expired"] += cache.purge_expired()
+        if reconcile:
+            repaired = cache.reconcile()
+            out["cache_orphans"] += repaired["orphan_values"] + repaired["orphan_entries"]
+    if reconcile:
+        _reconciled_at = now
+    return out
+
+
+def expired_entries() -> int:
+    """Entries of both caches past their expiry and not purged yet."""
+    return int(
+        CacheEntry.objects.filter(alias__in=(RESPONSES, CONVERSATIONS), expires_at__lt=time.time()).count()
+    )
 
 
 def store_response(

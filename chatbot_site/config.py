@@ -170,7 +170,12 @@ def load_config(environ_map: Mapping[str, str] | None = None) -> Config:
             check = f.metadata["check"]
             problem = check(value) if check else None
             if problem:
-                raise ConfigError(f"[{section}] {f.name} = {raw!r} (from {where}): {problem}")
+                what = (
+                    f"[[{section}.{f.name}]]"
+                    if entries is not None and not raw
+                    else f"[{section}] {f.name} = {raw!r}"
+                )
+                raise ConfigError(f"{what} (from {where}): {problem}")
             values[f.name] = value
         built[section] = cls(**values)
     for section, cls in NAMED.items():

@@ -134,6 +134,15 @@ class ServerConfig:
     # configuration: daphne would take it from a client's Daphne-Root-Path header, which the ASGI
     # application overwrites (a forged prefix once made protected paths look public).
     root_path: str = setting("", "SERVER_ROOT_PATH", root_path)
+    # A connection must send its whole request head (request line and headers) within this long
+    # after it opened or after its last response: slow-header (slowloris) connections are closed.
+    header_timeout_seconds: float = setting(10.0, "SERVER_HEADER_TIMEOUT_SECONDS", between(0.5, 600))
+    # Open connections per process; beyond it a new one gets 503 and is closed. Keep it below the
+    # descriptor limit (the systemd units set LimitNOFILE=65536).
+    max_connections: int = setting(900, "SERVER_MAX_CONNECTIONS", between(1, 1_000_000))
+    # Output a connection may hold that its client has not read yet; a stream waits (pauses its
+    # source) beyond it, and a reader that does not drain for header_timeout_seconds is dropped.
+    max_unsent_bytes: int = setting(1_048_576, "SERVER_MAX_UNSENT_BYTES", between(16_384, 1_073_741_824))
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,14 @@ def server_entries(entries: Any) -> str | None:
 @dataclass(frozen=True)
 class OllamaConfig:
     api_url: str = setting("http://localhost:11434", "OLLAMA_API_URL", http_url)
+    # Several servers: [[ollama.servers]] tables, or OLLAMA_SERVERS="a=http://gpu-a:11434,http://gpu-b:11434"
+    # (a bare URL is named by its host:port). Empty: api_url is the one server.
+    servers: list[ServerEntry] = setting((), "OLLAMA_SERVERS", server_entries)
+    # A server that fails this many times in a row (refused, timed out, 5xx) is taken out, and tried
+    # again after retry_seconds (doubling while it keeps failing, up to four times that).
+    failure_threshold: int = setting(3, "OLLAMA_FAILURE_THRESHOLD", between(1, 100))
+    retry_seconds: float = setting(5.0, "OLLAMA_RETRY_SECONDS", between(0.1, 3600))
+    probe_interval_seconds: float = setting(2.0, "OLLAMA_PROBE_INTERVAL_SECONDS", between(0.1, 3600))
     model: str = setting("deepseek-r1:8b", "OLLAMA_MODEL", nonempty)
     keep_alive: str = setting("15m", "OLLAMA_KEEP_ALIVE", keep_alive_problem)
     warm_on_start: bool = setting(False, "OLLAMA_WARM_ON_START")
@@ -211,6 +228,14 @@ class QueueConfig:
     # is re-queued (or failed after max_attempts).
     lease_seconds: float = setting(30.0, "QUEUE_LEASE_SECONDS", between(1, 3600))
     max_attempts: int = setting(3, "QUEUE_MAX_ATTEMPTS", between(1, 100))
+    # A retried queued request waits base x 2^(attempt-1) seconds (capped at retry_max_seconds, with
+    # jitter) before it may run again; an unreachable or busy Ollama does not use up attempts, but
+    # no request is retried after retry_window_seconds from its first failure.
+    retry_base_seconds: float = setting(1.0, "QUEUE_RETRY_BASE_SECONDS", between(0, 3600))
+    retry_max_seconds: float = setting(15.0, "QUEUE_RETRY_MAX_SECONDS", between(0, 3600))
+    retry_window_seconds: float = setting(300.0, "QUEUE_RETRY_WINDOW_SECONDS", between(0, 86_400))
+    # A worker refreshes its beat this often; one silent for 3 beats is dead and its jobs are taken.
+    heartbeat_seconds: float = setting(1.0, "QUEUE_HEARTBEAT_SECONDS", between(0.1, 60))
     # Workers also poll this often, so a lost wake-up message only delays work.
     poll_interval_ms: int = setting(1000, "QUEUE_POLL_INTERVAL_MS", between(10, 60_000))
     # One priority step is worth this many seconds of waiting: a request of priority p submitted at
@@ -231,12 +256,17 @@ class LimitsConfig:
 class DatabaseConfig:
     url: str = setting("", "DATABASE_URL", optional_url("postgres", "postgresql", "sqlite"))
     sqlite_path: str = setting("data/chatbot.sqlite3", "SQLITE_PATH", nonempty)
+    # PostgreSQL: connect timeout and per-statement timeout, so a frozen server gives fast 503s.
+    connect_timeout_seconds: float = setting(3.0, "DATABASE_CONNECT_TIMEOUT_SECONDS", between(1, 600))
+    statement_timeout_seconds: float = setting(10.0, "DATABASE_STATEMENT_TIMEOUT_SECONDS", between(0, 3600))
 
 
 @dataclass(frozen=True)
 class RedisConfig:
     url: str = setting("", "REDIS_URL", optional_url("redis", "rediss", "unix"))
     key_prefix: str = setting("chatbot", "REDIS_KEY_PREFIX", nonempty)
+    # Connect and socket timeouts of the caches and the channel layer.
+    timeout_seconds: float = setting(2.0, "REDIS_TIMEOUT_SECONDS", between(0.1, 600))
 
 
 @dataclass(frozen=True)
@@ -341,6 +371,16 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    # Finished queue rows (done, failed, cancelled) are deleted this long after they finished, by
+    # the worker and by `manage.py prune_queue`.
+    finished_seconds: float = setting(86_400.0, "RETENTION_FINISHED_SECONDS", between(60, 31_536_000))
+    # The prompts and answers of finished rows are blanked this long after they finished (the row,
+    # its status and its figures stay until finished_seconds); 0: kept as long as the row.
+    payload_seconds: float = setting(0.0, "RETENTION_PAYLOAD_SECONDS", between(0, 31_536_000))
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig
     ollama: OllamaConfig
@@ -355,6 +395,7 @@ class Config:
     ui: UiConfig
     logging: LoggingConfig
     fairness: FairnessConfig
+    retention: RetentionConfig
     owners: dict[str, OwnerConfig]
     models: dict[str, ModelConfig]
     source: str

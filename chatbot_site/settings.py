@@ -108,6 +108,15 @@ TEMPLATES = [
 if CONFIG.database.url:
     DATABASES = {"default": environ.Env.db_url_config(CONFIG.database.url)}
     DATABASES["default"].update({"CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True})
+    # A frozen or unreachable PostgreSQL must fail a request fast with 503 database_unavailable,
+    # not hold it: libpq's connect_timeout, and a statement_timeout on every session.
+    _pg_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _pg_options.setdefault("connect_timeout", max(1, round(CONFIG.database.connect_timeout_seconds)))
+    if CONFIG.database.statement_timeout_seconds:
+        _statement_ms = int(CONFIG.database.statement_timeout_seconds * 1000)
+        _pg_options["options"] = (
+            f"{_pg_options.get('options', '')} -c statement_timeout={_statement_ms}".strip()
+        )
 else:
     _sqlite_file = Path(CONFIG.database.sqlite_path)
     if not _sqlite_file.is_absolute():
@@ -140,9 +149,9 @@ _UNBOUNDED: dict[str, object] = {"MAX_ENTRIES": 10**12}
 if CONFIG.redis.url:
     _redis_options = {
         "CLIENT_CLASS": "django_redis.client.DefaultClient",
-        # Fail fast when Redis is down: the caches are bypassed, requests are still answered.
-        "SOCKET_CONNECT_TIMEOUT": 1.0,
-        "SOCKET_TIMEOUT": 1.0,
+        # Fail fast when Redis is down or frozen: the caches are bypassed, requests still answered.
+        "SOCKET_CONNECT_TIMEOUT": CONFIG.redis.timeout_seconds,
+        "SOCKET_TIMEOUT": CONFIG.redis.timeout_seconds,
     }
     CACHES = {
         alias: {
@@ -160,7 +169,14 @@ if CONFIG.redis.url:
             "CONFIG": {
                 # redis-py 8 times reads out after 5 s by default, exactly channels_redis's blocking
                 # receive timeout (5 s): the receive then fails. Give reads more room than that.
-                "hosts": [{"address": CONFIG.redis.url, "socket_timeout": 15, "socket_connect_timeout": 2}],
+                # Every other layer call is bounded by [redis] timeout_seconds (queueing.layer).
+                "hosts": [
+                    {
+                        "address": CONFIG.redis.url,
+                        "socket_timeout": 5 + CONFIG.redis.timeout_seconds,
+                        "socket_connect_timeout": CONFIG.redis.timeout_seconds,
+                    }
+                ],
                 "prefix": f"{CONFIG.redis.key_prefix}:channels",
                 "capacity": 10_000,
                 "expiry": 60,
@@ -232,6 +248,10 @@ USE_TZ = True
 # --- logging: one line per event with level, logger and request id --------------------------------
 
 _ROOT_LEVEL, _MODULE_LEVELS = parse_log_levels(CONFIG.logging.level)
+# httpx logs a line per upstream request at INFO: one per generation, probe and model read, on the
+# hot path (measured: the default logging cost real time at 16 streams). Failures are logged by the
+# gateway itself; "INFO,httpx=INFO" brings the lines back.
+_MODULE_LEVELS = {"httpx": "WARNING", **_MODULE_LEVELS}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

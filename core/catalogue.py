@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from core import servers
 from core.errors import OllamaError
-from core.ollama import get_client
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +54,15 @@ UNKNOWN = ModelFacts(frozenset())
 _facts: dict[str, tuple[float, ModelFacts]] = {}
 
 
-async def model_facts(model: str) -> ModelFacts:
-    """The model's capabilities and architecture (UNKNOWN when Ollama cannot say)."""
+async def model_facts(model: str, server: str | None = None) -> ModelFacts:
+    """The model's capabilities and architecture, as ``server`` (the first one when None) describes
+    it; UNKNOWN when it cannot say."""
     now = time.monotonic()
     known = _facts.get(model)
     if known is not None and known[0] > now:
         return known[1]
     try:
-        shown = await get_client().show(model)
+        shown = await servers.client(server).show(model)
     except OllamaError as exc:
         logger.debug("no facts for %s: %s", model, exc.message)
         _facts[model] = (now + FAILED_TTL_SECONDS, UNKNOWN)

@@ -17,12 +17,16 @@ snake_case code, a human sentence; each surface renders it in its own dialect (`
         ├── OllamaBadResponse 502 ollama_bad_response (malformed or cut stream)
         ├── OllamaRejected    400 ollama_rejected (Ollama's own 400, its words)
         └── OllamaBusy        503 ollama_busy, Retry-After
+    Unavailable               503 database_unavailable, redis_unavailable: a dependency of the
+                              gateway itself is down or frozen (``dependency_error``), Retry-After
 
 Ollama's failures are translated into the ``Ollama*`` classes in ``core.ollama``; nothing above it
 sees httpx.
 """
 
 from __future__ import annotations
+
+import sys
 
 
 class ApiError(Exception):
@@ -129,6 +133,30 @@ def error_from_code(code: str, message: str) -> ApiError:
     if code == "worker_lost":
         return ApiError(message, code=code, status=503)
     return ApiError(message, code=code or "failed", status=502)
+
+
+class Unavailable(ApiError):
+    status, code, retry_after = 503, "service_unavailable", 2
+
+
+def dependency_error(exc: BaseException) -> ApiError | None:
+    """The 503 naming the dependency behind ``exc`` (the database, Redis), or None when ``exc`` is
+    not a dependency's failure. Connect and statement timeouts on both make a frozen one fail fast,
+    so this is what a client sees instead of a long wait or a 500."""
+    from django.db import InterfaceError, OperationalError
+
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return Unavailable(
+            f"The gateway's database is unavailable ({type(exc).__name__}); try again shortly.",
+            code="database_unavailable",
+        )
+    redis = sys.modules.get("redis.exceptions")  # imported only where Redis is used
+    if redis is not None and isinstance(exc, redis.RedisError):
+        return Unavailable(
+            f"The gateway's Redis is unavailable ({type(exc).__name__}); try again shortly.",
+            code="redis_unavailable",
+        )
+    return None
 
 
 def _all_subclasses(cls: type[ApiError]) -> list[type[ApiError]]:

@@ -1,8 +1,9 @@
 """Speaks Ollama's HTTP API, nothing else.
 
-One :class:`OllamaClient` per event loop wraps one ``httpx.AsyncClient`` (so its connection pool is
-reused). Streaming calls yield parsed NDJSON chunks. Every transport or protocol failure leaves this
-module as one of the ``chat.errors.Ollama*`` exceptions; nothing above it sees httpx.
+An :class:`OllamaClient` wraps one ``httpx.AsyncClient`` for one server (``core.servers`` keeps one
+per server and event loop, so connection pools are reused). Streaming calls yield parsed NDJSON
+chunks. Every transport or protocol failure leaves this module as one of the ``core.errors.Ollama*``
+exceptions; nothing above it sees httpx.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ import json
 import logging
 import re
 import time
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from django.conf import settings
 
 from core.errors import (
     OllamaBadResponse,
@@ -60,17 +59,6 @@ class OllamaClient:
             base_url=self.base_url,
             timeout=httpx.Timeout(connect=connect_timeout, read=None, write=30.0, pool=None),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-        )
-
-    @classmethod
-    def from_settings(cls) -> OllamaClient:
-        """Build a client from the ``OLLAMA_*`` settings."""
-        return cls(
-            base_url=settings.OLLAMA_API_URL,
-            connect_timeout=settings.OLLAMA_CONNECT_TIMEOUT_SECONDS,
-            first_token_timeout=settings.OLLAMA_FIRST_TOKEN_TIMEOUT_SECONDS,
-            idle_timeout=settings.OLLAMA_IDLE_TIMEOUT_SECONDS,
-            generation_timeout=settings.OLLAMA_GENERATION_TIMEOUT_SECONDS,
         )
 
     async def aclose(self) -> None:
@@ -145,7 +133,7 @@ class OllamaClient:
         try:
             if response.status_code >= 400:
                 raise self._status_error(response.status_code, await response.aread())
-            lines = response.aiter_lines()
+            lines = _lines(response)
             limit, what = self.first_token_timeout, "first token"
             while True:
                 limit = min(limit, deadline - time.monotonic())
@@ -164,7 +152,7 @@ class OllamaClient:
                     ) from None
                 if not line.strip():
                     continue
-                chunk = _parse_object(line.encode(), path)
+                chunk = _parse_object(line, path)
                 if "error" in chunk:
                     raise OllamaError(f"Ollama reported an error: {chunk['error']}")
                 if chunk.get("done"):
@@ -197,7 +185,29 @@ class OllamaClient:
         return OllamaError(f"Ollama answered HTTP {status}: {message}")
 
 
-async def _drain(lines: AsyncIterator[str]) -> None:
+# The longest NDJSON line accepted from Ollama. Its chunks are a token or a few (an embedding
+# answer is not streamed); a longer line is a broken or hostile upstream, not buffered whole.
+MAX_LINE_BYTES = 8 * 1024 * 1024
+
+
+async def _lines(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body's lines as bytes (no decode to text and back), each at most MAX_LINE_BYTES."""
+    pending = bytearray()
+    async for data in response.aiter_bytes():
+        pending += data
+        if b"\n" not in data:
+            if len(pending) > MAX_LINE_BYTES:
+                raise OllamaBadResponse(f"Ollama sent a line longer than {MAX_LINE_BYTES // 2**20} MiB")
+            continue
+        *complete, rest = pending.split(b"\n")
+        pending = bytearray(rest)
+        for line in complete:
+            yield bytes(line)
+    if pending:
+        yield bytes(pending)
+
+
+async def _drain(lines: AsyncIterator[bytes]) -> None:
     """Read the end of the chunked body so the connection goes back to the pool for reuse."""
     try:
         async with asyncio.timeout(1.0):
@@ -214,29 +224,25 @@ def _parse_object(raw: bytes, path: str) -> dict[str, Any]:
         raise OllamaBadResponse(f"Ollama sent malformed JSON from {path}") from None
     if not isinstance(value, dict):
         raise OllamaBadResponse(f"Ollama sent a non-object from {path}")
+    if b"\\u" in raw and _UNSAFE_ESCAPE.search(raw):
+        value = _made_safe(value)
     return value
 
 
-# One client per event loop: an httpx pool is bound to the loop it was created on. Per-process by
-# nature; each process (server or worker) has its own pool to Ollama.
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, OllamaClient] = weakref.WeakKeyDictionary()
+# JSON escapes that decode to text no UTF-8 encoder, SSE frame or PostgreSQL column takes: a lone
+# UTF-16 surrogate, and NUL (PostgreSQL refuses it in text and jsonb). Ollama itself (Go) never
+# writes a surrogate; a broken or hostile upstream might, and one must not end a stream silently.
+_UNSAFE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+_UNSAFE_TEXT = re.compile("[\x00\ud800-\udfff]")
 
 
-def get_client() -> OllamaClient:
-    """The running loop's client, created from settings on first use."""
-    return open_client(asyncio.get_running_loop())
-
-
-def open_client(loop: asyncio.AbstractEventLoop) -> OllamaClient:
-    """``loop``'s client, created now if it has none (servers do it at start-up)."""
-    client = _clients.get(loop)
-    if client is None:
-        client = _clients[loop] = OllamaClient.from_settings()
-    return client
-
-
-async def close_client() -> None:
-    """Close the running loop's client (on shutdown)."""
-    client = _clients.pop(asyncio.get_running_loop(), None)
-    if client is not None:
-        await client.aclose()
+def _made_safe(value: Any) -> Any:
+    """``value`` with each NUL and lone surrogate replaced by U+FFFD (a pair the JSON decoder
+    already joined into one character is untouched)."""
+    if isinstance(value, str):
+        return _UNSAFE_TEXT.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_made_safe(k): _made_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_made_safe(v) for v in value]
+    return value

@@ -42,11 +42,20 @@ def account_of(owner: str) -> str:
 
 def rules_for(owner: str) -> OwnerRules:
     """The rules that apply to ``owner`` (each forwarded user has its key's rules for itself)."""
-    return _rules(account_of(owner), id(settings.OWNERS), settings.FAIRNESS_DEFAULT_WEIGHT)
+    global _owners_seen
+    if settings.OWNERS is not _owners_seen:
+        # Another [owners] table (tests override the setting). Compared by identity with the table
+        # held here: an id alone can be reused by a new table once the old one is freed.
+        _rules.cache_clear()
+        _owners_seen = settings.OWNERS
+    return _rules(account_of(owner), settings.FAIRNESS_DEFAULT_WEIGHT)
+
+
+_owners_seen: object = None
 
 
 @functools.lru_cache(maxsize=4096)
-def _rules(account: str, _owners_id: int, default_weight: float) -> OwnerRules:
+def _rules(account: str, default_weight: float) -> OwnerRules:
     entry = settings.OWNERS.get(account)
     quotas: list[tuple[str, str, float]] = []
     if entry is not None:

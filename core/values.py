@@ -30,3 +30,12 @@ def keep_alive_problem(value: Any) -> str | None:
 
 def is_model_name(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= MODEL_NAME_MAX_LENGTH and bool(_MODEL_NAME.match(value))
+
+
+def keep_alive_is_zero(value: Any) -> bool:
+    """A keep_alive of zero ("0", 0, "0s", "0m"...): the model unloads when the call ends."""
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        return value == 0
+    if isinstance(value, str) and _KEEP_ALIVE.match(value.strip()):
+        return all(float(n) == 0 for n in re.findall(r"[0-9]+(?:\.[0-9]+)?", value))
+    return False

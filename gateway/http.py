@@ -8,6 +8,7 @@ is decided for the view the URL resolved to, never from a list of paths.
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,13 +20,14 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.http.request import RawPostDataException
 from django.views.decorators.csrf import csrf_exempt
 
-from core.errors import ApiError, BadRequest, PayloadTooLarge, TooManyRequests, Unauthorized
+from core.errors import ApiError, BadRequest, PayloadTooLarge, TooManyRequests, Unauthorized, dependency_error
 from core.owners import rules_for
 from gateway import limits
 from gateway.auth import authenticate, require_operator
 from gateway.schemas.base import Strict, validate
 from gateway.schemas.params import Query
 
+logger = logging.getLogger(__name__)
 AsyncView = Callable[..., Awaitable[HttpResponseBase]]
 # What URL patterns take: Django serves async views, its stubs only know sync ones.
 View = Callable[..., Any]
@@ -225,6 +227,12 @@ def api_view(
                 if exc.status == 405:
                     response["Allow"] = ", ".join(methods)
                 return response
+            except Exception as exc:
+                unavailable = dependency_error(exc)
+                if unavailable is None:
+                    raise
+                logger.warning("%s %s: %s", method, request.path, unavailable.message)
+                return render(unavailable)
 
         wrapper.endpoint = endpoint  # type: ignore[attr-defined]
         return csrf_exempt(wrapper)

@@ -14,10 +14,12 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from chat.caches import response_key
-from core.catalogue import ModelFacts, model_cap, model_facts
+from core.catalogue import UNKNOWN, ModelFacts, model_cap, model_facts
 from core.ollama import keep_alive_param
+from core.servers import affinity_key
 from gateway.http import owner_of
 from gateway.schemas import ChatCompletionsBody, OllamaChatBody, OllamaGenerateBody, QueueBody
+from queueing import fleet
 from queueing.models import Kind
 from queueing.spec import JobSpec
 
@@ -76,13 +78,19 @@ def openai_chat(body: ChatCompletionsBody) -> dict[str, Any]:
     return {**body.native(body.model or settings.OLLAMA_MODEL), "keep_alive": keep_alive(None)}
 
 
+async def facts_of(model: str) -> ModelFacts:
+    """The model's capabilities and architecture, from a server that has it."""
+    server = await fleet.server_for(model)
+    return UNKNOWN if server is None else await model_facts(model, server)
+
+
 async def cache_key(
     endpoint: str, payload: dict[str, Any], owner: str, facts: ModelFacts | None = None
 ) -> str:
     """The key of the answer; ``think`` as Ollama will apply it (omitted = on for a thinker)."""
     think = payload.get("think")
     if think is None and endpoint in ("chat", "generate"):
-        facts = facts or await model_facts(str(payload["model"]))
+        facts = facts or await facts_of(str(payload["model"]))
         think = True if facts.thinks else None
     request = {**payload, "think": think} if think is not None else payload
     return response_key(endpoint=endpoint, request=request, owner=owner)
@@ -106,13 +114,14 @@ async def spec_for(
     use_cache: bool = True,
     idempotency_key: str | None = None,
     streaming: bool = False,
+    conversation: str | None = None,
 ) -> JobSpec:
     """The job spec of a generation request: the model's rules applied to its options, its cache
     key, the client's cache directives, and the model's cap."""
     owner = owner_of(request)
     read, store = cache_directives(request)
     model = str(payload["model"])
-    facts = await model_facts(model)
+    facts = await facts_of(model)
     adjusted = apply_model_rules(payload)
     if adjusted:
         request.gateway_adjusted = adjusted  # type: ignore[attr-defined]  # shown as X-Gateway-Adjusted
@@ -130,6 +139,7 @@ async def spec_for(
         idempotency_key=idempotency_key,
         streaming=streaming,
         model_cap=model_cap(model, facts),
+        affinity=affinity_key(endpoint, payload, conversation),
     )
 
 

@@ -193,6 +193,7 @@ class ChatSession(GenerationSession):
             priority=self.body.priority,
             use_cache=self.body.use_cache,
             streaming=self.body.stream,
+            conversation=self.conversation_id and f"{self.spec.owner}/{self.conversation_id}",
         )
         await super().start()
 

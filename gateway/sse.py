@@ -13,18 +13,23 @@ format are unaffected). A ``: ping`` comment goes out after every ``SSE_HEARTBEA
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
+from core.errors import ApiError, dependency_error
 from core.generation import Chunk, metrics
 from core.pump import Pump
 from queueing.live import Event
 
+logger = logging.getLogger(__name__)
 PING = b": ping\n\n"
+ErrorFrame = Callable[[ApiError], bytes]
 
 
 def frame(data: dict[str, Any], event: str | None = None) -> bytes:
@@ -55,6 +60,32 @@ def done_frame(*, cached: bool, **extra: Any) -> bytes:
 
 def error_frame(error: str, code: str) -> bytes:
     return frame({"error": error, "code": code}, event="error")
+
+
+def api_error_frame(error: ApiError) -> bytes:
+    return error_frame(error.message, error.code)
+
+
+async def ending(frames: AsyncIterator[bytes], on_error: ErrorFrame) -> AsyncIterator[bytes]:
+    """``frames``, and whatever fails after the response started (the database, the channel
+    layer, the upstream, encoding) ends the stream with one error frame in the surface's own shape
+    (``on_error``), so the client is never left on an open connection that sends nothing more.
+    Only the client going away (cancellation) passes through."""
+    try:
+        async for item in frames:
+            yield item
+    except (asyncio.CancelledError, GeneratorExit):
+        raise
+    except ApiError as exc:
+        yield on_error(exc)
+    except Exception as exc:
+        error = dependency_error(exc)
+        if error is None:
+            logger.exception("a stream failed after its response started")
+            error = ApiError(f"The stream failed: {type(exc).__name__}.", code="internal_error", status=500)
+        else:
+            logger.warning("a stream failed after its response started: %s", error.message)
+        yield on_error(error)
 
 
 async def event_frames(
@@ -113,16 +144,25 @@ async def with_heartbeat(
             if frame is None:
                 return
     finally:
-        await pump.close()
+        try:
+            await pump.close()
+        except Exception:  # the client is gone (or the stream ended): nothing is left to tell
+            logger.exception("closing a finished stream's source failed")
 
 
 def sse_response(
-    frames: AsyncIterator[bytes], *, headers: dict[str, str] | None = None, ping: bytes = PING
+    frames: AsyncIterator[bytes],
+    *,
+    headers: dict[str, str] | None = None,
+    ping: bytes = PING,
+    on_error: ErrorFrame = api_error_frame,
 ) -> StreamingHttpResponse:
     """A streaming ``text/event-stream`` response that proxies must not buffer; ``ping`` is the
-    heartbeat (a comment by default; a surface may have its own, such as Anthropic's ping event)."""
+    heartbeat (a comment by default; a surface may have its own, such as Anthropic's ping event),
+    ``on_error`` the surface's error frame for a failure after the response started."""
     response = StreamingHttpResponse(
-        with_heartbeat(frames, settings.SSE_HEARTBEAT_SECONDS, ping), content_type="text/event-stream"
+        with_heartbeat(ending(frames, on_error), settings.SSE_HEARTBEAT_SECONDS, ping),
+        content_type="text/event-stream",
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -75,7 +76,54 @@ class SharedFiguresCollector(Collector):
         for kind, count in stats["upstream_errors"].items():
             errors.add_metric([kind], count)
         yield errors
+        yield from server_families(stats["servers"])
         yield from usage_families()
+
+
+def server_families(figures: list[dict[str, Any]]) -> Iterator[Metric]:
+    """Each Ollama server's figures, labelled by its name."""
+    gauges = {
+        "up": GaugeMetricFamily(
+            "chatbot_server_up", "1 while the server is in, 0 while out", labels=["server"]
+        ),
+        "in_flight": GaugeMetricFamily(
+            "chatbot_server_in_flight", "Generations running on the server", labels=["server"]
+        ),
+        "capacity": GaugeMetricFamily(
+            "chatbot_server_max_concurrent", "Generations the server may run at once", labels=["server"]
+        ),
+        "loaded": GaugeMetricFamily(
+            "chatbot_server_loaded_models", "Models loaded on the server at its last probe", labels=["server"]
+        ),
+        "failures": GaugeMetricFamily(
+            "chatbot_server_consecutive_failures",
+            "Failures in a row (out at the threshold)",
+            labels=["server"],
+        ),
+    }
+    generations = CounterMetricFamily(
+        "chatbot_server_generations",
+        "Generations the server finished, by outcome",
+        labels=["server", "outcome"],
+    )
+    seconds = CounterMetricFamily(
+        "chatbot_server_generation_seconds",
+        "Time spent in the server's completed generations",
+        labels=["server"],
+    )
+    for server in figures:
+        name = [server["name"]]
+        gauges["up"].add_metric(name, 1 if server["state"] == "up" else 0)
+        gauges["in_flight"].add_metric(name, server["in_flight"])
+        gauges["capacity"].add_metric(name, server["max_concurrent"])
+        gauges["loaded"].add_metric(name, len(server["loaded_models"]))
+        gauges["failures"].add_metric(name, server["consecutive_failures"])
+        generations.add_metric([server["name"], "completed"], server["completed"])
+        generations.add_metric([server["name"], "failed"], server["failed"])
+        seconds.add_metric(name, server["generation_seconds"])
+    yield from gauges.values()
+    yield generations
+    yield seconds
 
 
 def usage_families() -> Iterator[Metric]:

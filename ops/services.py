@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from typing import Any, TypedDict
@@ -16,13 +17,13 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from chat.caches import SizedCache, conversation_cache, response_cache
+from core import servers
 from core.errors import BadRequest, NotFound, OllamaError
-from core.ollama import get_client
 from core.owners import rules_for
 from core.runtime import run_blocking
 from core.values import is_model_name, keep_alive_problem
 from gateway.schemas import WarmModelData, validate_value
-from queueing import selectors
+from queueing import fleet, selectors, upstream
 from stats import counters, usage
 from stats.models import Usage
 
@@ -68,22 +69,64 @@ async def _timed(probe: Any) -> CheckResult:
             await probe
     except Exception as exc:  # noqa: BLE001 - any failure of a probe is the answer we report
         logger.warning("health probe failed: %s", exc)
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        return {"ok": False, "error": _public(exc)}
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
-async def _ollama_check() -> CheckResult:
+async def _server_check(view: fleet.View) -> dict[str, Any]:
     started = time.perf_counter()
+    found: dict[str, Any] = {"name": view.name, "state": "up" if view.up else "out"}
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-            version = await get_client().version()
+            found["version"] = await upstream.on(view.name, lambda c: c.version())
     except (OllamaError, TimeoutError) as exc:
-        return {"ok": False, "error": f"Ollama unreachable: {exc}"}
-    return {
-        "ok": True,
-        "version": version,
-        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
-    }
+        message = (
+            exc.message if isinstance(exc, OllamaError) else f"no answer within {HEALTH_TIMEOUT_SECONDS:g} s"
+        )
+        found.update(ok=False, error=f"Ollama unreachable: {_without_addresses(message)}")
+    else:
+        found.update(ok=True, latency_ms=round((time.perf_counter() - started) * 1000, 2))
+    if view.failures:
+        found["consecutive_failures"] = view.failures
+    if not view.up:
+        found["retry_at"] = view.as_dict()["retry_at"]
+    return found
+
+
+def _public(exc: BaseException) -> str:
+    """What a failed probe says on the public ``/health``: what failed, never where (hosts, ports
+    and URLs of the internal services are in the log only)."""
+    if isinstance(exc, TimeoutError):
+        return f"TimeoutError: no answer within {HEALTH_TIMEOUT_SECONDS:g} s"
+    return f"{type(exc).__name__}: {_without_addresses(str(exc))}"[:300]
+
+
+_ADDRESS = re.compile(
+    r"\b(?:[a-z][a-z0-9+.-]*://\S+|\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?|port \d+)", re.IGNORECASE
+)
+
+
+def _without_addresses(text: str) -> str:
+    return _ADDRESS.sub("[internal address]", text)
+
+
+async def _ollama_check() -> dict[str, Any]:
+    """Every server asked for its version at once; ok when one answers (the first that did gives
+    the version and latency at the top, as with one server). Bounded like every check: the servers'
+    shared state is read from the database, which may be the part that is frozen."""
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+            views = await run_blocking(fleet.views)
+    except Exception as exc:  # noqa: BLE001 - reported, as any probe's failure
+        return {"ok": False, "error": f"the servers' state is unreadable ({_public(exc)})", "servers": []}
+    checked = await asyncio.gather(*(_server_check(v) for v in views))
+    first = next((c for c in checked if c["ok"]), None)
+    top: dict[str, Any] = (
+        {"ok": True, "version": first["version"], "latency_ms": first["latency_ms"]}
+        if first is not None
+        else {"ok": False, "error": checked[0]["error"] if len(checked) == 1 else "no Ollama server answers"}
+    )
+    return {**top, "servers": checked}
 
 
 async def health_report(*, deep: bool) -> tuple[bool, dict[str, Any]]:
@@ -180,25 +223,48 @@ def collect_counters_and_caches() -> dict[str, Any]:
             for name, value in sorted(c.items())
             if name.startswith(counters.UPSTREAM_ERRORS_PREFIX) and value
         },
+        "servers": server_figures(),
     }
 
 
+def server_figures() -> list[dict[str, Any]]:
+    """Each Ollama server as the deployment sees it: its state, in flight, completed, failed and
+    average generation time (blocking; shared by every process)."""
+    views = fleet.views()
+    running = selectors.running_by_server()
+    names = [counters.server_counter(v.name, f) for v in views for f in counters.SERVER_FIGURES]
+    c = counters.read(names)
+    out = []
+    for view in views:
+        done = c[counters.server_counter(view.name, "completed")]
+        ms = c[counters.server_counter(view.name, "generation_ms")]
+        entry = view.as_dict()
+        entry.update(
+            in_flight=running.get(view.name, 0),
+            completed=done,
+            failed=c[counters.server_counter(view.name, "failed")],
+            average_generation_ms=round(ms / done, 1) if done else 0.0,
+            generation_seconds=round(ms / 1000, 3),
+        )
+        out.append(entry)
+    return out
+
+
 async def ollama_status() -> dict[str, Any]:
-    """Whether Ollama answers, its version and the models it has loaded (``/api/ps``)."""
-    client = get_client()
+    """Whether the Ollama servers answer, the oldest version, and the models loaded on each."""
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-            version = await client.version()
-            loaded = await client.ps()
+            version, loaded = await asyncio.gather(upstream.version(), upstream.ps())
     except (OllamaError, TimeoutError) as exc:
-        return {"reachable": False, "error": str(exc), "url": settings.OLLAMA_API_URL}
+        return {"reachable": False, "error": str(exc) or "no answer", "url": servers.configured()[0].url}
     return {
         "reachable": True,
-        "url": settings.OLLAMA_API_URL,
+        "url": servers.configured()[0].url,
         "version": version,
         "loaded_models": [
             {
                 "name": m.get("name") or m.get("model"),
+                "server": m.get("server"),
                 "expires_at": m.get("expires_at"),
                 "size_vram": m.get("size_vram"),
             }
@@ -233,10 +299,13 @@ def clear_caches(*, responses: bool = True, conversations: bool = True) -> dict[
     return cleared
 
 
-async def warm_model(*, model: str | None = None, keep_alive: str | None = None) -> dict[str, Any]:
-    """Load a model Ollama already has into memory and keep it for ``keep_alive``.
+async def warm_model(
+    *, model: str | None = None, keep_alive: str | None = None, all_servers: bool = False
+) -> dict[str, Any]:
+    """Load a model the Ollama servers already have into memory and keep it for ``keep_alive``:
+    on the one server routing would pick for it, or on every server that is in and has it.
 
-    The name must be one Ollama lists: nothing user-supplied ever reaches pull, create or delete.
+    The name must be one a server lists: nothing user-supplied ever reaches pull, create or delete.
     """
     name = model or settings.OLLAMA_MODEL
     if not is_model_name(name):
@@ -246,21 +315,53 @@ async def warm_model(*, model: str | None = None, keep_alive: str | None = None)
     keep = keep_alive if keep_alive is not None else settings.OLLAMA_KEEP_ALIVE
     if keep_alive_problem(keep):
         raise BadRequest(f'keep_alive {keep!r} is not a duration such as "30m".', code="invalid_keep_alive")
-    client = get_client()
-    available = [m.get("name") or m.get("model") for m in await client.tags()]
-    if name not in available:
+    candidates = [v.name for v in await fleet.up_servers() if v.server.allows(name)]
+    having: list[str] = []
+    listed: set[str] = set()
+    for server, models in zip(
+        candidates,
+        await asyncio.gather(
+            *(upstream.on(s, lambda c: c.tags()) for s in candidates), return_exceptions=True
+        ),
+        strict=True,
+    ):
+        if isinstance(models, BaseException):
+            continue
+        names = {servers.model_name(str(m.get("name") or m.get("model"))) for m in models}
+        listed |= names
+        if servers.model_name(name) in names:
+            having.append(server)
+    if not having:
         raise NotFound(
-            f"Ollama has no model {name!r}; it has: {', '.join(filter(None, available)) or 'none'}.",
+            f"Ollama has no model {name!r} on any server that is in; they have: "
+            f"{', '.join(sorted(listed)) or 'none'}.",
             code="model_not_found",
         )
-    started = time.perf_counter()
-    answer = await client.load(name, keep)
-    loaded = [m.get("name") or m.get("model") for m in await client.ps()]
+    if not all_servers:
+        best = await fleet.server_for(name)
+        having = [best if best in having else having[0]]
+    warmed = await asyncio.gather(*(_warm_on(server, name, keep) for server in having))
+    first = warmed[0]
     return {
         "model": name,
         "keep_alive": keep,
+        "server": first["server"],
+        "done_reason": first["done_reason"],
+        "loaded": all(w["loaded"] for w in warmed),
+        "loaded_models": first["loaded_models"],
+        "elapsed_ms": max(w["elapsed_ms"] for w in warmed),
+        "servers": warmed,
+    }
+
+
+async def _warm_on(server: str, name: str, keep: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    answer = await upstream.on(server, lambda c: c.load(name, keep))
+    loaded = [m.get("name") or m.get("model") for m in await upstream.on(server, lambda c: c.ps())]
+    return {
+        "server": server,
         "done_reason": answer.get("done_reason", ""),
-        "loaded": name in loaded,
+        "loaded": name in loaded or servers.model_name(name) in loaded,
         "loaded_models": loaded,
         "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
     }
@@ -271,7 +372,8 @@ async def run_action(action: str, data: dict[str, Any] | None) -> dict[str, Any]
     if action == "warm_model":
         warm = validate_value(WarmModelData, data or {})
         keep = None if warm.keep_alive is None else str(warm.keep_alive)
-        return {"action": action, "status": "ok", **await warm_model(model=warm.model, keep_alive=keep)}
+        result = await warm_model(model=warm.model, keep_alive=keep, all_servers=bool(warm.all))
+        return {"action": action, "status": "ok", **result}
     cleared = await run_blocking(
         clear_caches,
         responses=action in ("clear", "clear_response_cache"),

@@ -60,7 +60,9 @@ async def quietly(what: str, operation: Coroutine[Any, Any, Any]) -> bool:
         operation.close()  # never started: no "coroutine was never awaited" warning
         return False
     try:
-        await operation
+        # A frozen Redis must not hold a publisher (a worker's token relay) for its socket timeout.
+        async with asyncio.timeout(settings.REDIS_TIMEOUT_SECONDS):
+            await operation
         return True
     except ChannelFull:
         return False

@@ -82,6 +82,11 @@ class Job(models.Model):
     # model's facts and [models."<name>"] max_concurrent.
     model_cap = models.PositiveIntegerField(default=0)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # A hash of the conversation's leading messages: its follow-up turns go back to the server that
+    # served it last (that server's prompt cache holds the prefix). "" for embeddings.
+    affinity = models.CharField(max_length=32, blank=True, default="")
+    # The Ollama server of the current (or last) attempt; a retry prefers another one.
+    server = models.CharField(max_length=64, blank=True, default="")
 
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -90,6 +95,10 @@ class Job(models.Model):
     caller_seen_at = models.DateTimeField(null=True, blank=True)
 
     attempts = models.PositiveIntegerField(default=0)
+    # A retried job is not claimed before this (back-off with jitter), and is not retried after
+    # retry_until (the retry window opened by its first retryable failure).
+    not_before = models.DateTimeField(null=True, blank=True)
+    retry_until = models.DateTimeField(null=True, blank=True)
     generation_id = models.UUIDField(null=True, blank=True, db_index=True)
     lease_owner = models.CharField(max_length=200, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -111,6 +120,8 @@ class Job(models.Model):
             models.Index(fields=["status", "created_at"], name="job_list_idx"),
             models.Index(fields=["status", "lease_expires_at"], name="job_lease_idx"),
             models.Index(fields=["status", "owner", "rank"], name="job_owner_idx"),
+            models.Index(fields=["affinity", "started_at"], name="job_affinity_idx"),
+            models.Index(fields=["status", "finished_at"], name="job_finished_idx"),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -136,3 +147,48 @@ class OwnerService(models.Model):
 
     def __str__(self) -> str:
         return f"{self.owner or 'anonymous'}: {self.service:.2f} s"
+
+
+class WorkerBeat(models.Model):
+    """A live worker: it refreshes ``seen_at`` every ``[queue] heartbeat_seconds``. The jobs of a
+    worker whose beat stopped for three beats, or whose process on this host is gone, are recovered
+    at once (``queueing.policy`` rule 5), not after their lease lapses."""
+
+    name = models.CharField(max_length=200, primary_key=True)
+    seen_at = models.DateTimeField()
+    host = models.CharField(max_length=255, blank=True, default="")
+    pid = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.name} (seen {self.seen_at:%H:%M:%S})"
+
+
+class ServerState(models.Model):
+    """What the deployment knows of one Ollama server, shared by every process: whether it is in,
+    its consecutive failures (the circuit breaker of ``queueing.fleet``), and what its last probe
+    saw. Routing reads these rows at each claim."""
+
+    class State(models.TextChoices):
+        UP = "up", "up"
+        OUT = "out", "out"  # taken out after failure_threshold failures; probed again at retry_at
+
+    name = models.CharField(max_length=64, primary_key=True)
+    url = models.CharField(max_length=500, blank=True, default="")
+    state = models.CharField(max_length=8, choices=State.choices, default=State.UP)
+    failures = models.PositiveIntegerField(default=0, help_text="Consecutive failures.")
+    out_since = models.DateTimeField(null=True, blank=True)
+    retry_at = models.DateTimeField(null=True, blank=True)
+    backoff_seconds = models.FloatField(default=0.0)
+    last_error = models.CharField(max_length=300, blank=True, default="")
+    version = models.CharField(max_length=64, blank=True, default="")
+    tags = models.JSONField(null=True, blank=True, help_text="Model names from /api/tags (null: not probed).")
+    loaded = models.JSONField(default=list, blank=True, help_text="Names from /api/ps.")
+    probed_at = models.DateTimeField(null=True, blank=True)
+    # The probe lease: the process that moves it forward probes; the others wait for its answer.
+    next_probe_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.state})"

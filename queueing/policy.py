@@ -3,10 +3,12 @@
 Read this module to learn how the queue decides; ``queueing.transitions`` applies the rules to the
 table (each transition one short transaction under the queue lock), ``queueing.worker`` runs them.
 
-1. **Slots.** At most ``[queue] max_concurrent`` distinct generations run at Ollama across the whole
-   deployment, counted from the table (every process sees the same count), and at most a model's
-   cap of one model (``[models."<name>"] max_concurrent``; by default 1 for embedding models and the
-   architectures Ollama runs one at a time, which would otherwise only queue in Ollama's memory).
+1. **Slots.** At most a server's ``max_concurrent`` distinct generations run on it across the whole
+   deployment (``[[ollama.servers]]``; with one ``[ollama] api_url``, ``[queue] max_concurrent``),
+   counted from the table (every process sees the same count), and at most a model's cap of one
+   model on one server (``[models."<name>"] max_concurrent``; by default 1 for embedding models
+   and the architectures Ollama runs one at a time, which would otherwise only queue in Ollama's
+   memory). A job runs only when rule 8 finds it a server with room.
 2. **Order within an owner.** An owner's pending jobs are served by *rank*: submission time minus
    ``priority x [queue] priority_aging_seconds``, minus ``[fairness] streaming_head_start_seconds``
    for an interactive stream (a chat UI's title and tag calls wait behind the user's own answer).
@@ -17,30 +19,54 @@ table (each transition one short transaction under the queue lock), ``queueing.w
    difference (ageing bounds starvation). Among them the job of the owner with the least *attained
    service* wins: the GPU seconds it received, halved every ``[fairness] half_life_seconds``,
    counting its generations in flight, divided by its weight; ties go to the lower rank. An owner
-   alone gets every slot (the pick is work-conserving). A job for a model Ollama has loaded goes
-   before one that would swap models, unless that one has waited ``model_swap_after_seconds``.
-3. **Batching.** A claim takes up to ``[batch] max_batch_size`` pending jobs at once. While other
-   generations run and fewer than a batch are pending, the worker waits up to
-   ``[batch] batch_timeout_ms`` for a fuller batch; it never waits while Ollama is idle.
+   alone gets every slot (the pick is work-conserving). A job for a model loaded on a server with
+   room goes before one that would swap models, unless that one has waited
+   ``model_swap_after_seconds``.
+3. **Batching.** A claim takes up to ``[batch] max_batch_size`` pending jobs at once. While every
+   server that is in runs generations and fewer than a batch are pending, the worker waits up to
+   ``[batch] batch_timeout_ms`` for a fuller batch; it never waits while an Ollama server is idle.
 4. **Deduplication** (``[batch] enable_deduplication``). Jobs with the same cache key share one
    generation: identical pending jobs are claimed together, and a job identical to a running
    generation joins it (it takes no slot; its listener replays what was produced so far).
-5. **Leases.** A claimed job carries its worker's lease for ``[queue] lease_seconds``, renewed every
-   third of that. A job whose lease lapsed (its worker died) is recovered: see 6 and 7.
+5. **Leases and heartbeats.** A claimed job carries its worker's lease for ``[queue] lease_seconds``,
+   renewed every third of that, and every worker records a beat every ``[queue] heartbeat_seconds``.
+   A job is recovered (see 6 and 7) when its worker is gone: its beat is three beats old, or its
+   process on this host no longer exists (a restarted embedded server takes its predecessor's jobs
+   at once), or, for a worker that never beat, its lease lapsed.
 6. **Retries.** A queued request (``/api/chat-queue``) whose generation failed with a retryable code,
    or whose worker was lost, goes back to pending until it has had ``[queue] max_attempts`` tries;
-   then it fails with the reason. An interactive request is not retried on an upstream error: its
-   caller is waiting and gets the error at once.
+   then it fails with the reason. It is not claimed again before a back-off: as long as it has been
+   failing (``[queue] retry_base_seconds`` at first, so the wait doubles), at most
+   ``retry_max_seconds``, ±25 % jitter. A failure that says Ollama is not there or not ready
+   (connection refused, ``503`` busy: a restart or a model load) costs no attempt; it is retried
+   until ``retry_window_seconds`` after the request's first failure. An interactive request is not
+   retried on an upstream error (its caller is waiting and gets the error at once), except on
+   another server when nothing was sent yet (rule 8).
 7. **Caller liveness.** An interactive caller marks its job as watched every third of the lease.
    A pending interactive job whose caller has not been seen for a lease is cancelled
    (``caller_gone``) and never reaches Ollama; a lapsed processing one is re-queued only while its
    caller still watches.
+8. **Routing** (several servers). A job picked by rule 2b runs on a server that is in (not taken
+   out by ``queueing.fleet``'s circuit breaker), that configuration lets serve the model
+   (``models``), that has the model (its ``/api/tags``; when no server in has it, any of them, and
+   Ollama's own 404 answers), and that has room (rule 1). Of those, in order: one where the model
+   is loaded (its ``/api/ps``, or a generation of it running there); the one that served the same
+   conversation last (``affinity``: a hash of its leading messages); the least busy relative to its
+   capacity and weight (in flight / (max_concurrent x weight)); then the name. A server that failed
+   since its last success goes last and runs one generation at a time until one succeeds (so a
+   server that died takes at most ``failure_threshold`` more attempts before it is out), and a
+   retry prefers a server other than the one its last attempt failed on. Dedup (rule 4) stays global: a job
+   identical to a generation running on any server joins it. A request whose model no configured
+   server may serve fails with ``model_not_found``; while every server that may serve it is out,
+   an interactive one fails at once with ``ollama_unavailable`` and a queued one waits.
 """
 
 from __future__ import annotations
 
 import collections
 import math
+import os
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -49,6 +75,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 
 from core.owners import rules_for
+from core.servers import SERVER_FAULT_CODES, Server, model_name
 from queueing.models import Kind
 from queueing.spec import Generation
 
@@ -76,9 +103,10 @@ def claim_size() -> int:
     return settings.BATCH_MAX_BATCH_SIZE
 
 
-def defer_for_batch(*, allow_partial: bool, running: int, pending: int) -> bool:
+def defer_for_batch(*, allow_partial: bool, load: Load, pending: int) -> bool:
     """Whether to wait for a fuller batch instead of claiming ``pending`` jobs now."""
-    return not allow_partial and running > 0 and pending < claim_size()
+    busy = all(s.running > 0 for s in load.servers if s.up)
+    return not allow_partial and busy and pending < claim_size()
 
 
 class BatchWait:
@@ -115,10 +143,6 @@ class BatchWait:
 # --- 1 + 4. slots and deduplication --------------------------------------------------------------
 
 
-def free_slots(running: int) -> int:
-    return settings.QUEUE_MAX_CONCURRENT - running
-
-
 def dedup_enabled() -> bool:
     return bool(settings.BATCH_ENABLE_DEDUPLICATION)
 
@@ -130,6 +154,7 @@ class Running:
     generation_id: uuid.UUID
     worker: str
     lease_expires_at: datetime | None
+    server: str = ""
 
 
 @dataclass
@@ -156,19 +181,67 @@ class Candidate:
     rank: float
     created: float  # epoch seconds
     model_cap: int
+    affinity: str = ""  # the conversation's leading-messages hash (rule 8)
+    last_server: str = ""  # the server of its previous attempt, if it had one
+
+
+@dataclass
+class ServerLoad:
+    """One server as the pick sees it: what runs there now, what it has and has loaded."""
+
+    server: Server
+    up: bool
+    tags: frozenset[str] | None  # None: not probed yet
+    loaded: set[str]  # its /api/ps, and the models running there
+    last_error: str = ""
+    failures: int = 0  # consecutive, since its last success
+    running: int = 0
+    running_by_model: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+    def has(self, model: str) -> bool:
+        return self.tags is None or model_name(model) in self.tags
+
+    @property
+    def capacity(self) -> int:
+        """Its max_concurrent; 1 while it has failed since its last success (rule 8)."""
+        return 1 if self.failures else self.server.max_concurrent
+
+    def room_for(self, job: Candidate) -> bool:
+        if self.running >= self.capacity:
+            return False
+        return not job.model_cap or self.running_by_model[job.model] < job.model_cap
+
+    def busy(self) -> float:
+        return self.running / (self.server.max_concurrent * self.server.weight)
+
+    def start(self, model: str) -> None:
+        self.running += 1
+        self.running_by_model[model] += 1
+        self.loaded.add(model_name(model))
 
 
 @dataclass
 class Load:
-    """What runs now, and what each owner received: the pick's view of the deployment."""
+    """What runs now, where, and what each owner received: the pick's view of the deployment."""
 
+    servers: list[ServerLoad] = field(default_factory=list)
     running_by_owner: collections.Counter[str] = field(default_factory=collections.Counter)
-    running_by_model: collections.Counter[str] = field(default_factory=collections.Counter)
     service: dict[str, float] = field(default_factory=dict)  # owner -> attained GPU seconds
-    loaded: set[str] | None = None  # models Ollama has loaded (None: unknown)
+    affinity: dict[str, str] = field(default_factory=dict)  # affinity key -> server that served it last
     now: float = field(default_factory=time.time)
     expected_cost: float = 10.0  # seconds charged in the pick for a generation it starts
     in_flight: dict[str, float] = field(default_factory=dict)  # owner -> seconds its generations ran
+
+    def running(self) -> int:
+        return sum(s.running for s in self.servers)
+
+    def free(self) -> int:
+        """New generations the servers that are in have room for."""
+        return sum(max(0, s.capacity - s.running) for s in self.servers if s.up)
 
 
 def decayed(service: float, updated: float, now: float) -> float:
@@ -176,8 +249,37 @@ def decayed(service: float, updated: float, now: float) -> float:
     return service * math.pow(0.5, max(now - updated, 0.0) / settings.FAIRNESS_HALF_LIFE_SECONDS)
 
 
-def _has_room(job: Candidate, load: Load) -> bool:
-    return not job.model_cap or load.running_by_model[job.model] < job.model_cap
+# --- 8. routing ----------------------------------------------------------------------------------
+
+
+def route(job: Candidate, load: Load) -> ServerLoad | None:
+    """The server ``job`` would run on now (rule 8), or None while none has room."""
+    allowed = [s for s in load.servers if s.up and s.server.allows(job.model)]
+    having = [s for s in allowed if s.has(job.model)] or allowed
+    open_ = [s for s in having if s.room_for(job)]
+    if len(open_) > 1 and job.last_server:
+        open_ = [s for s in open_ if s.name != job.last_server] or open_
+    if not open_:
+        return None
+    name = model_name(job.model)
+    previous = load.affinity.get(job.affinity) if job.affinity else None
+    return min(
+        open_, key=lambda s: (s.failures > 0, name not in s.loaded, s.name != previous, s.busy(), s.name)
+    )
+
+
+def unroutable(model: str, load: Load) -> str | None:
+    """Why no server could ever take ``model`` now: "not_served" (configuration lets none serve
+    it) or "all_out" (every one that may is out); None when one may."""
+    allowed = [s for s in load.servers if s.server.allows(model)]
+    if not allowed:
+        return "not_served"
+    return None if any(s.up for s in allowed) else "all_out"
+
+
+def another_server_for(model: str, failed: str, load: Load) -> bool:
+    """Whether a server other than ``failed`` is in and may serve ``model`` (a failover target)."""
+    return any(s.up and s.name != failed and s.server.allows(model) for s in load.servers)
 
 
 def _heads(by_owner: dict[str, list[Candidate]], taken: set[uuid.UUID], load: Load) -> list[Candidate]:
@@ -186,7 +288,7 @@ def _heads(by_owner: dict[str, list[Candidate]], taken: set[uuid.UUID], load: Lo
         limit = rules_for(owner).max_in_flight
         if limit and load.running_by_owner[owner] >= limit:
             continue
-        head = next((j for j in jobs if j.id not in taken and _has_room(j, load)), None)
+        head = next((j for j in jobs if j.id not in taken and route(j, load) is not None), None)
         if head is not None:
             heads.append(head)
     return heads
@@ -202,11 +304,14 @@ def _competing(heads: list[Candidate], load: Load) -> list[Candidate]:
 
 
 def _loaded_first(heads: list[Candidate], load: Load) -> list[Candidate]:
-    """Model affinity: a loaded model's job before one that would swap, within the wait bound."""
-    if not load.loaded:
-        return heads
+    """Model affinity: a job whose model is loaded where it would run goes before one that would
+    swap models, within the wait bound."""
     bound = settings.FAIRNESS_MODEL_SWAP_AFTER_SECONDS
-    keep = [h for h in heads if h.model in load.loaded or load.now - h.created >= bound]
+    keep = []
+    for h in heads:
+        server = route(h, load)
+        if (server is not None and model_name(h.model) in server.loaded) or load.now - h.created >= bound:
+            keep.append(h)
     return keep or heads
 
 
@@ -216,9 +321,9 @@ def fairness_key(job: Candidate, load: Load) -> tuple[float, float]:
 
 
 def plan_claim(
-    by_owner: dict[str, list[Candidate]], running_by_key: dict[str, Running], free: int, size: int, load: Load
+    by_owner: dict[str, list[Candidate]], running_by_key: dict[str, Running], size: int, load: Load
 ) -> ClaimPlan:
-    """Pick up to ``size`` jobs for at most ``free`` new generations (rules 1-4).
+    """Pick up to ``size`` jobs for new generations on servers with room (rules 1-4 and 8).
 
     ``by_owner``: each owner's first pending jobs, in rank order. A job identical to a running
     generation joins it (no slot); identical jobs share one new generation.
@@ -240,13 +345,16 @@ def plan_claim(
         key = job.cache_key if dedup else str(job.id)
         if key in plan.fresh:
             plan.fresh[key].job_ids.append(job.id)
-        elif len(plan.fresh) < free:
-            plan.fresh[key] = Generation(uuid.uuid4(), job.endpoint, {}, job.cache_key, [job.id])
-            load.running_by_owner[job.owner] += 1
-            load.running_by_model[job.model] += 1
-            load.service[job.owner] = load.service.get(job.owner, 0.0) + load.expected_cost
         else:
-            break
+            server = route(job, load)
+            assert server is not None  # _heads offers only jobs with a route
+            loads = model_name(job.model) not in server.loaded
+            plan.fresh[key] = Generation(
+                uuid.uuid4(), job.endpoint, {}, job.cache_key, [job.id], server.name, loads_model=loads
+            )
+            server.start(job.model)
+            load.running_by_owner[job.owner] += 1
+            load.service[job.owner] = load.service.get(job.owner, 0.0) + load.expected_cost
         taken.add(job.id)
         plan.considered += 1
     return plan
@@ -265,18 +373,68 @@ def renew_every_seconds() -> float:
 
 # --- 6. retries ----------------------------------------------------------------------------------
 
-# Upstream failures worth another attempt for a queued request: the next try may well succeed.
-RETRYABLE_CODES = frozenset(
-    {"ollama_unavailable", "ollama_timeout", "ollama_busy", "ollama_bad_response", "ollama_error"}
-)
-
 
 def retryable(code: str) -> bool:
-    return code in RETRYABLE_CODES
+    """An upstream failure worth another attempt for a queued request (a server fault: the next
+    try, perhaps on another server, may well succeed)."""
+    return code in SERVER_FAULT_CODES
 
 
 def max_attempts() -> int:
     return settings.QUEUE_MAX_ATTEMPTS
+
+
+# Ollama is not there (refused, reset) or not ready (503 while loading or at its queue limit): a
+# restart or a load, which waiting rides out. Retrying these costs no attempt within the window.
+WAITING_CODES = frozenset({"ollama_unavailable", "ollama_busy"})
+
+
+def costs_attempt(code: str) -> bool:
+    return code not in WAITING_CODES
+
+
+def retry_window_end(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.QUEUE_RETRY_WINDOW_SECONDS)
+
+
+def retry_at(now: datetime, retry_until: datetime | None) -> datetime:
+    """When a failed queued job may be claimed again: after as long as it has been failing (so
+    the wait doubles), within [retry_base_seconds, retry_max_seconds], with +-25 % jitter."""
+    failing = 0.0
+    if retry_until is not None:
+        first_failure = retry_until - timedelta(seconds=settings.QUEUE_RETRY_WINDOW_SECONDS)
+        failing = (now - first_failure).total_seconds()
+    wait = min(settings.QUEUE_RETRY_MAX_SECONDS, max(settings.QUEUE_RETRY_BASE_SECONDS, failing))
+    return now + timedelta(seconds=wait * random.uniform(0.75, 1.25))  # jitter, not a secret
+
+
+# --- 5. heartbeats -------------------------------------------------------------------------------
+
+
+def heartbeat_every_seconds() -> float:
+    return settings.QUEUE_HEARTBEAT_SECONDS
+
+
+def beat_stale_before(now: datetime) -> datetime:
+    """A worker whose last beat is older than this is gone (three beats missed)."""
+    return now - timedelta(seconds=3 * settings.QUEUE_HEARTBEAT_SECONDS)
+
+
+def process_gone(host: str, pid: int, this_host: str, *, runs_here: bool) -> bool:
+    """Whether a worker's process on this host no longer exists (a killed predecessor). A process
+    restarted in a container often gets its predecessor's pid: a worker with this process's pid
+    that does not run here is gone too."""
+    if host != this_host or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return not runs_here
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 # --- 7. caller liveness --------------------------------------------------------------------------

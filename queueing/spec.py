@@ -26,6 +26,7 @@ class JobSpec:
     samples: bool = False  # draws a random answer (no seed, temperature not 0): see wants_new_sample
     streaming: bool = False  # the caller streams the answer (a user waiting on it, not a background call)
     model_cap: int = 0  # generations of this model allowed at once (0: no cap of its own)
+    affinity: str = ""  # the conversation's leading-messages hash: routing sends it back (rule 8)
 
     @property
     def interactive(self) -> bool:
@@ -41,6 +42,8 @@ class Generation:
     payload: dict[str, Any]
     cache_key: str
     job_ids: list[uuid.UUID] = field(default_factory=list)
+    server: str = ""  # the Ollama server it runs on (rule 8)
+    loads_model: bool = False  # its model was not loaded there: the server's /api/ps is read again
 
 
 @dataclass
@@ -52,7 +55,9 @@ class Claim:
     # Every job taken, joins included: (job, its generation, the worker running that generation).
     assigned: list[tuple[uuid.UUID, uuid.UUID, str]] = field(default_factory=list)
     more: bool = False  # another claim now could take more (a full batch taken, slots left)
-    models_pending: int | None = None  # distinct models among the pending jobs it looked at (if it did)
+    # Nothing was ready, but a job backing off (rule 6) is: the worker looks again this many
+    # seconds from now, not a whole poll later.
+    retry_in: float | None = None
 
     @property
     def jobs(self) -> int:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,15 +26,17 @@ from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Min, Q
+from django.db.models import F, Min, Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from core import clock
 from core.errors import ApiError, Conflict, OwnerLimit, QuotaExceeded, TooManyRequests
 from core.generation import Chunk, content_of
 from core.owners import OwnerRules, rules_for
-from queueing import policy, selectors
-from queueing.models import ACTIVE, TERMINAL, Job, JobQuerySet, Kind, OwnerService, Status
+from core.servers import is_server_fault
+from queueing import fleet, policy, selectors
+from queueing.models import ACTIVE, TERMINAL, Job, JobQuerySet, Kind, OwnerService, Status, WorkerBeat
 from queueing.spec import Claim, JobSpec
 from stats import counters, usage
 
@@ -60,7 +64,7 @@ def _new_job(spec: JobSpec, **fields: Any) -> Job:
         kind=spec.kind, endpoint=spec.endpoint, model=spec.model, payload=spec.payload,
         cache_key=spec.cache_key, priority=priority, rank=policy.rank(priority, streaming=streaming),
         owner=spec.owner, use_cache=spec.use_cache, idempotency_key=spec.idempotency_key or None,
-        model_cap=spec.model_cap, **fields,
+        model_cap=spec.model_cap, affinity=spec.affinity, **fields,
     )  # fmt: skip
 
 
@@ -90,16 +94,14 @@ def enqueue_request(spec: JobSpec) -> Enqueued:
             job.generation_id = running.generation_id
             job.lease_owner = running.lease_owner
             job.lease_expires_at = running.lease_expires_at
+            job.server = running.server
             job.started_at = now
             job.attempts = 1
             job.deduplicated = True
         else:
             _admit(spec)
-        try:
-            job.save(force_insert=True)
-        except IntegrityError:
-            # A concurrent request with the same Idempotency-Key won (only possible without the lock).
-            existing = Job.objects.get(owner=spec.owner, idempotency_key=spec.idempotency_key)
+        existing = _insert_once(job, spec)
+        if existing is not None:
             return Enqueued(existing, created=False)
     counters.incr(counters.REQUESTS_QUEUED)
     if running is not None:
@@ -133,7 +135,7 @@ def _running_generation(cache_key: str) -> Job | None:
     return (
         Job.objects.running()
         .filter(cache_key=cache_key)
-        .only("generation_id", "lease_owner", "lease_expires_at")
+        .only("generation_id", "lease_owner", "lease_expires_at", "server")
         .order_by("started_at")
         .first()
     )
@@ -148,35 +150,56 @@ def complete_from_cache(spec: JobSpec, entry: dict[str, Any]) -> Job:
         result_chunks=entry["chunks"], result_content=content_of(entry["chunks"]), result_final=final,
         done_reason=str(final.get("done_reason", "stop")),
     )  # fmt: skip
-    job.save(force_insert=True)
-    return job
+    with queue_lock():
+        if spec.idempotency_key:
+            existing = selectors.find_by_idempotency_key(owner=spec.owner, key=spec.idempotency_key)
+            if existing is not None:
+                return existing
+        return _insert_once(job, spec) or job
+
+
+def _insert_once(job: Job, spec: JobSpec) -> Job | None:
+    """Insert ``job``; the earlier request when one with the same Idempotency-Key won the race
+    (twenty at once once gave 500s). A savepoint keeps PostgreSQL's transaction usable after it."""
+    try:
+        with transaction.atomic():
+            job.save(force_insert=True)
+    except IntegrityError:
+        if not spec.idempotency_key:
+            raise
+        return Job.objects.get(owner=spec.owner, idempotency_key=spec.idempotency_key)
+    return None
 
 
 # --- the worker's side ---------------------------------------------------------------------------
 
 
-def claim_batch(*, worker: str, allow_partial: bool = True, loaded: set[str] | None = None) -> Claim:
-    """Claim the next batch of pending jobs for ``worker``, within the free generation slots
-    (``queueing.policy`` rules 1-4). ``loaded``: the models Ollama has loaded, if known."""
+def claim_batch(*, worker: str, allow_partial: bool = True) -> Claim:
+    """Claim the next batch of pending jobs for ``worker``, each new generation on a server with
+    room (``queueing.policy`` rules 1-4 and 8)."""
     now = timezone.now()
     with queue_lock():
-        load = _load(loaded)
-        running = sum(load.running_by_model.values())
-        free = policy.free_slots(running)
-        if free <= 0:
+        load = _load()
+        free = load.free()
+        if free <= 0 and not _all_out(load):
             return Claim([])
         size = policy.claim_size()
-        by_owner = _candidates(per_owner=size + CANDIDATE_SLACK)
+        by_owner = _candidates(per_owner=size + CANDIDATE_SLACK, now=now)
         if not by_owner:
-            return Claim([])
+            return Claim([], retry_in=_next_retry_in(now))
         pending = sum(len(jobs) for jobs in by_owner.values())
-        if policy.defer_for_batch(allow_partial=allow_partial, running=running, pending=pending):
-            return Claim([], deferred=True, models_pending=2)
+        if policy.defer_for_batch(allow_partial=allow_partial, load=load, pending=pending):
+            return Claim([], deferred=True)
         _fail_over_quota(by_owner, now)
+        _fail_unroutable(by_owner, load, now)
+        if free <= 0 or not by_owner:
+            return Claim([])
         load.service = _services(list(by_owner), load)
+        if len(load.servers) > 1:
+            load.affinity = _affinity({j.affinity for jobs in by_owner.values() for j in jobs if j.affinity})
         keys = {job.cache_key for jobs in by_owner.values() for job in jobs}
-        running_by_key = _running_by_key(keys) if running else {}
-        plan = policy.plan_claim(by_owner, running_by_key, free, size, load)
+        running_by_key = _running_by_key(keys) if load.running() else {}
+        plan = policy.plan_claim(by_owner, running_by_key, size, load)
         if policy.dedup_enabled() and plan.fresh:
             # Identical pending jobs beyond the candidates share the new generations too.
             taken = [i for g in plan.fresh.values() for i in g.job_ids]
@@ -191,11 +214,27 @@ def claim_batch(*, worker: str, allow_partial: bool = True, loaded: set[str] | N
         lease = policy.lease_until(now)
         for generation in plan.fresh.values():
             generation.payload = payloads[generation.job_ids[0]]
-            _start(generation.job_ids, generation.generation_id, worker, lease, now, first=True)
+            _start(
+                generation.job_ids,
+                generation.generation_id,
+                worker,
+                lease,
+                now,
+                generation.server,
+                first=True,
+            )
         leaders = {r.generation_id: r for r in running_by_key.values()}
         for generation_id, job_ids in plan.joins.items():
             leader = leaders[generation_id]
-            _start(job_ids, generation_id, leader.worker, leader.lease_expires_at, now, first=False)
+            _start(
+                job_ids,
+                generation_id,
+                leader.worker,
+                leader.lease_expires_at,
+                now,
+                leader.server,
+                first=False,
+            )
     assigned = [(i, g.generation_id, worker) for g in plan.fresh.values() for i in g.job_ids]
     assigned += [(i, gid, leaders[gid].worker) for gid, ids in plan.joins.items() for i in ids]
     if assigned:
@@ -207,8 +246,13 @@ def claim_batch(*, worker: str, allow_partial: bool = True, loaded: set[str] | N
             }
         )
     more = plan.considered == size and len(plan.fresh) < free
-    models = len({job.model for jobs in by_owner.values() for job in jobs})
-    return Claim(list(plan.fresh.values()), assigned=assigned, more=more, models_pending=models)
+    return Claim(list(plan.fresh.values()), assigned=assigned, more=more)
+
+
+def _next_retry_in(now: datetime) -> float | None:
+    """Seconds until the first job backing off may run (None: none is)."""
+    first = Job.objects.pending().filter(not_before__gt=now).aggregate(first=Min("not_before"))["first"]
+    return None if first is None else max(0.0, (first - now).total_seconds())
 
 
 # How many of each owner's first pending jobs the pick sees beyond a batch (jobs of a model at its
@@ -219,19 +263,32 @@ MAX_CANDIDATES = 2000
 # Each owner's first pending jobs in rank order (a window per owner: one owner's backlog never hides
 # another owner's job). SQLite and PostgreSQL both have window functions.
 _CANDIDATES_SQL = f"""
-SELECT id, owner, model, cache_key, endpoint, priority, rank, created_at, model_cap FROM (
-    SELECT id, owner, model, cache_key, endpoint, priority, rank, created_at, model_cap,
+SELECT id, owner, model, cache_key, endpoint, priority, rank, created_at, model_cap, affinity, server FROM (
+    SELECT id, owner, model, cache_key, endpoint, priority, rank, created_at, model_cap, affinity, server,
            ROW_NUMBER() OVER (PARTITION BY owner ORDER BY rank) AS place
-    FROM "{Job._meta.db_table}" WHERE status = %s
+    FROM "{Job._meta.db_table}" WHERE status = %s AND (not_before IS NULL OR not_before <= %s)
 ) AS heads WHERE place <= %s ORDER BY rank LIMIT %s
 """  # noqa: S608 - the model's own table; values are parameters
 
 
-def _candidates(*, per_owner: int) -> dict[str, list[policy.Candidate]]:
+def _candidates(*, per_owner: int, now: datetime) -> dict[str, list[policy.Candidate]]:
     by_owner: dict[str, list[policy.Candidate]] = {}
+    ready = connection.ops.adapt_datetimefield_value(now)  # a job backing off (rule 6) waits
     with connection.cursor() as cursor:
-        cursor.execute(_CANDIDATES_SQL, [Status.PENDING, per_owner, MAX_CANDIDATES])
-        for job_id, owner, model, key, endpoint, priority, rank, created, cap in cursor.fetchall():
+        cursor.execute(_CANDIDATES_SQL, [Status.PENDING, ready, per_owner, MAX_CANDIDATES])
+        for (
+            job_id,
+            owner,
+            model,
+            key,
+            endpoint,
+            priority,
+            rank,
+            created,
+            cap,
+            affinity,
+            server,
+        ) in cursor.fetchall():
             if isinstance(created, str):  # SQLite hands datetimes back as text
                 created = datetime.fromisoformat(created)
             by_owner.setdefault(owner, []).append(
@@ -245,26 +302,101 @@ def _candidates(*, per_owner: int) -> dict[str, list[policy.Candidate]]:
                     rank=rank,
                     created=created.timestamp(),
                     model_cap=cap,
+                    affinity=affinity,
+                    last_server=server,
                 )
             )
     return by_owner
 
 
-def _load(loaded: set[str] | None) -> policy.Load:
-    """Running generations by owner and model (a generation counted once, whoever shares it)."""
-    load = policy.Load(loaded=loaded, now=clock.now(), expected_cost=selectors.average_generation_ms() / 1000)
+def _load() -> policy.Load:
+    """The servers, and the generations running on each, by owner and model (a generation counted
+    once, whoever shares it)."""
+    load = policy.Load(
+        servers=_server_loads(fleet.views()),
+        now=clock.now(),
+        expected_cost=selectors.average_generation_ms() / 1000,
+    )
+    by_name = {s.name: s for s in load.servers}
     rows = (
         Job.objects.running()
         .values("generation_id")
-        .annotate(owner=Min("owner"), model=Min("model"), started=Min("started_at"))
+        .annotate(owner=Min("owner"), model=Min("model"), server=Min("server"), started=Min("started_at"))
     )
-    load.in_flight = {}
     for row in rows:
         load.running_by_owner[row["owner"]] += 1
-        load.running_by_model[row["model"]] += 1
+        server = by_name.get(row["server"])
+        if server is not None:
+            server.start(row["model"])
         started = row["started"].timestamp() if row["started"] else load.now
         load.in_flight[row["owner"]] = load.in_flight.get(row["owner"], 0.0) + max(load.now - started, 0.0)
     return load
+
+
+def _server_loads(views: list[fleet.View]) -> list[policy.ServerLoad]:
+    return [
+        policy.ServerLoad(
+            v.server, up=v.up, tags=v.tags, loaded=set(v.loaded), last_error=v.last_error, failures=v.failures
+        )
+        for v in views
+    ]
+
+
+def _all_out(load: policy.Load) -> bool:
+    return not any(s.up for s in load.servers)
+
+
+# The server that ran each affinity key's latest attempt (rule 8); the index on (affinity,
+# started_at) serves it.
+_AFFINITY_SQL = f"""
+SELECT affinity, server FROM (
+    SELECT affinity, server, ROW_NUMBER() OVER (PARTITION BY affinity ORDER BY started_at DESC) AS place
+    FROM "{Job._meta.db_table}" WHERE affinity IN ({{keys}}) AND server <> '' AND started_at IS NOT NULL
+) AS latest WHERE place = 1
+"""  # noqa: S608 - the model's own table; values are parameters
+
+
+def _affinity(keys: set[str]) -> dict[str, str]:
+    if not keys:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(_AFFINITY_SQL.format(keys=", ".join(["%s"] * len(keys))), list(keys))
+        return dict(cursor.fetchall())
+
+
+def _fail_unroutable(by_owner: dict[str, list[policy.Candidate]], load: policy.Load, now: datetime) -> None:
+    """Rule 8's refusals: a model no server may serve fails; while every server that may serve it
+    is out, an interactive request fails at once (its caller waits) and a queued one waits."""
+    verdicts: dict[str, str | None] = {}
+    doomed: dict[str, list[uuid.UUID]] = {"not_served": [], "all_out": []}
+    for owner, jobs in list(by_owner.items()):
+        keep = []
+        for job in jobs:
+            if job.model not in verdicts:
+                verdicts[job.model] = policy.unroutable(job.model, load)
+            verdict = verdicts[job.model]
+            if verdict == "not_served":
+                doomed[verdict].append(job.id)
+            elif verdict == "all_out":
+                doomed[verdict].append(job.id)  # queued ones are filtered out below: they wait
+            else:
+                keep.append(job)
+        by_owner[owner] = keep
+        if not keep:
+            del by_owner[owner]
+    if doomed["not_served"]:
+        failed = Job.objects.pending().filter(id__in=doomed["not_served"]).finish(
+            status=Status.FAILED, finished_at=now, error_code="model_not_found",
+            error_message="No configured Ollama server serves this model.",
+        )  # fmt: skip
+        counters.incr(counters.FAILED, failed)
+    if doomed["all_out"]:
+        reasons = "; ".join(f"{s.name}: {s.last_error or 'out'}" for s in load.servers if not s.up)[:500]
+        failed = Job.objects.pending().filter(id__in=doomed["all_out"], kind=Kind.INTERACTIVE).finish(
+            status=Status.FAILED, finished_at=now, error_code="ollama_unavailable",
+            error_message=f"Every Ollama server that serves this model is out ({reasons}).",
+        )  # fmt: skip
+        counters.incr(counters.FAILED, failed)
 
 
 def _services(owners: list[str], load: policy.Load) -> dict[str, float]:
@@ -314,10 +446,11 @@ def _running_by_key(keys: set[str]) -> dict[str, policy.Running]:
         return {}
     found: dict[str, policy.Running] = {}
     rows = Job.objects.running().filter(cache_key__in=keys)
-    for job in rows.only("cache_key", "generation_id", "lease_owner", "lease_expires_at"):
+    for job in rows.only("cache_key", "generation_id", "lease_owner", "lease_expires_at", "server"):
         assert job.generation_id is not None  # running() rows have one
         found.setdefault(
-            job.cache_key, policy.Running(job.generation_id, job.lease_owner, job.lease_expires_at)
+            job.cache_key,
+            policy.Running(job.generation_id, job.lease_owner, job.lease_expires_at, job.server),
         )
     return found
 
@@ -328,6 +461,7 @@ def _start(
     worker: str,
     lease: datetime | None,
     now: datetime,
+    server: str,
     *,
     first: bool,
 ) -> None:
@@ -340,6 +474,7 @@ def _start(
             lease_owner=worker,
             lease_expires_at=lease,
             started_at=now,
+            server=server,
             attempts=F("attempts") + 1,
             deduplicated=not first,
         )
@@ -366,11 +501,15 @@ def finish_generation(
     chunks: list[Chunk],
     final: dict[str, Any],
     wall_seconds: float = 0.0,
+    server: str = "",
 ) -> list[Job]:
     """Write the result to every live job of the generation, if ``worker`` still holds its lease,
-    and charge its cost once, to the owner whose request started it."""
+    and charge its cost once, to the owner whose request started it. ``server`` answered: its
+    failures are forgotten (rule 8's breaker)."""
     now = timezone.now()
     with queue_lock():
+        if server:
+            fleet.record_success(server)
         live = Job.objects.in_generation(generation_id).filter(lease_owner=worker)
         jobs = list(live.only("id", "use_cache", "owner", "model", "created_at").order_by("created_at"))
         if jobs:
@@ -399,22 +538,67 @@ def _charge(owner: str, model: str, cost: usage.Cost) -> None:
     usage.charge(owner=owner, model=model, cost=cost)
 
 
-def fail_generation(*, worker: str, generation_id: uuid.UUID, error: ApiError) -> dict[str, int]:
-    """Fail the generation's live jobs, or put queued ones back for another attempt (rule 6)."""
+def fail_generation(
+    *, worker: str, generation_id: uuid.UUID, error: ApiError, server: str = "", sent: bool = True
+) -> dict[str, int]:
+    """Fail the generation's live jobs, or put them back for another attempt (rule 6): queued ones
+    while they have attempts left; interactive ones too when nothing was ``sent`` to their callers
+    yet and the fault was the server's, so another server can answer them (rule 8). A server fault
+    counts towards taking ``server`` out."""
     now = timezone.now()
     with queue_lock():
         live = Job.objects.in_generation(generation_id).filter(lease_owner=worker)
+        fault = is_server_fault(error)
+        if server and fault:
+            fleet.record_failure(server, error, now)
         retry = 0
         if policy.retryable(error.code):
-            retry = live.filter(kind=Kind.QUEUED, attempts__lt=policy.max_attempts()).update(
-                **_back_to_pending()
-            )
+            elsewhere = False  # another server that is in may serve every model of it
+            if fault and server:
+                models = set(live.values_list("model", flat=True))
+                load = policy.Load(servers=_server_loads(fleet.views()))
+                elsewhere = all(policy.another_server_for(m, server, load) for m in models)
+            again = Q(kind=Kind.QUEUED)
+            if elsewhere and not sent:
+                again |= Q(kind=Kind.INTERACTIVE)
+            retry = _retry(live.filter(again), error, now, back_off=not elsewhere)
         failed = live.finish(
             status=Status.FAILED, finished_at=now, error_code=error.code, error_message=error.message
         )
     if failed:
         counters.incr(counters.FAILED, failed)
+    if retry:
+        logger.info(
+            "generation %s failed on %s (%s): %d jobs go back to the queue",
+            generation_id,
+            server,
+            error.code,
+            retry,
+        )
     return {"retried": retry, "failed": failed}
+
+
+def _retry(jobs: JobQuerySet, error: ApiError, now: datetime, *, back_off: bool) -> int:
+    """Put ``jobs`` back to pending for another attempt (rule 6): queued ones within their retry
+    window, after a back-off unless another server can take them, with the attempt given back when
+    Ollama was only not there or not ready; interactive ones (another server, nothing sent yet) at
+    once."""
+    interactive = jobs.filter(kind=Kind.INTERACTIVE, attempts__lt=policy.max_attempts())
+    retried = interactive.update(**_back_to_pending())
+    queued = jobs.filter(kind=Kind.QUEUED).filter(Q(retry_until__isnull=True) | Q(retry_until__gt=now))
+    fields: dict[str, Any] = {}
+    if policy.costs_attempt(error.code):
+        queued = queued.filter(attempts__lt=policy.max_attempts())
+    else:
+        fields["attempts"] = F("attempts") - 1
+    # One back-off per generation: its jobs failed together, and share a window when they share one.
+    until = queued.aggregate(first=Min("retry_until"))["first"]
+    window = until or policy.retry_window_end(now)
+    fields["retry_until"] = Coalesce("retry_until", Value(window))
+    if back_off:
+        fields["not_before"] = policy.retry_at(now, window)
+    retried += queued.update(**{**_back_to_pending(), **fields})
+    return retried
 
 
 def _back_to_pending() -> dict[str, Any]:
@@ -424,21 +608,54 @@ def _back_to_pending() -> dict[str, Any]:
         "lease_owner": "",
         "lease_expires_at": None,
         "started_at": None,
+        "not_before": None,
     }
 
 
-def expire_leases() -> dict[str, int]:
-    """Recover jobs whose worker died (rules 5-7), and cancel pending interactive jobs whose caller
-    stopped waiting. Workers run it every poll."""
+# --- heartbeats (rule 5) --------------------------------------------------------------------------
+
+HOST = socket.gethostname()
+_here: set[str] = set()  # the workers running in this process
+
+
+def beat(*, worker: str) -> None:
+    """``worker`` is alive: it runs in this process, on this host."""
+    _here.add(worker)
+    WorkerBeat.objects.update_or_create(
+        name=worker, defaults={"seen_at": timezone.now(), "host": HOST, "pid": os.getpid()}
+    )
+
+
+def _gone_workers(now: datetime, worker: str) -> list[str]:
+    """The workers that are gone (rule 5). Judged only by a worker whose own beat is fresh: after a
+    stall that held every worker back (a frozen database), the others get a beat's time too."""
+    beats = list(WorkerBeat.objects.values_list("name", "seen_at", "host", "pid"))
+    stale = policy.beat_stale_before(now)
+    mine = next((seen for name, seen, _, _ in beats if name == worker), None)
+    judge_silence = mine is not None and mine >= stale
+    return [
+        name
+        for name, seen, host, pid in beats
+        if name != worker
+        and (
+            (judge_silence and seen < stale) or policy.process_gone(host, pid, HOST, runs_here=name in _here)
+        )
+    ]
+
+
+def expire_leases(*, worker: str = "") -> dict[str, int]:
+    """Recover jobs whose worker is gone or whose lease lapsed (rules 5-7), and cancel pending
+    interactive jobs whose caller stopped waiting. Workers run it every poll."""
     now = timezone.now()
     with queue_lock():
         _drop_abandoned(now)
-        lapsed = Job.objects.lapsed(now)
-        if not lapsed.exists():
-            return {}
-        outcome = _recover(lapsed, now, reason="its worker stopped renewing the lease")
+        gone = _gone_workers(now, worker)
+        lost = Job.objects.lapsed(now) | Job.objects.filter(status=Status.PROCESSING, lease_owner__in=gone)
+        outcome = _recover(lost, now, reason="its worker was lost") if lost.exists() else {}
+        if gone:
+            WorkerBeat.objects.filter(name__in=gone).delete()
     if outcome:
-        logger.warning("recovered jobs with lapsed leases: %s", outcome)
+        logger.warning("recovered the jobs of lost workers %s: %s", gone or "(lease lapsed)", outcome)
     return outcome
 
 
@@ -465,7 +682,10 @@ def release_worker(*, worker: str) -> dict[str, int]:
         held = Job.objects.held_by(worker)
         # Not the job's fault: the attempt does not count.
         held.filter(attempts__gt=0).update(attempts=F("attempts") - 1)
-        return _recover(held, now, reason="its worker shut down")
+        outcome = _recover(held, now, reason="its worker shut down")
+        WorkerBeat.objects.filter(name=worker).delete()
+    _here.discard(worker)
+    return outcome
 
 
 def _recover(jobs: JobQuerySet, now: datetime, *, reason: str) -> dict[str, int]:

@@ -17,6 +17,7 @@ import logging
 import signal
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,37 +25,17 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat.caches import store_response
+from core import servers
 from core.errors import ApiError, OllamaError
 from core.generation import WHOLE_ENDPOINTS, Chunk, record_chunk, split_final
 from core.generation import metrics as ollama_metrics
-from core.ollama import close_client, get_client
-from core.runtime import prepare_process, run_scheduler_blocking
-from queueing import live, policy, transitions
+from core.runtime import prepare_process, run_blocking, run_scheduler_blocking
+from queueing import fleet, live, policy, retention, transitions
 from queueing.layer import messages, quietly
 from queueing.spec import Claim, Generation
 from stats import counters, metrics
 
 logger = logging.getLogger(__name__)
-
-
-class LoadedModels:
-    """The models Ollama has loaded (``/api/ps``), asked at most every LOADED_REFRESH_SECONDS: the
-    pick prefers them over a model swap. Unknown (None) while Ollama does not answer."""
-
-    LOADED_REFRESH_SECONDS = 0.25  # only asked while requests for several models wait
-
-    def __init__(self) -> None:
-        self.at = -1e9
-        self.value: set[str] | None = None
-
-    async def models(self) -> set[str] | None:
-        if time.monotonic() - self.at >= self.LOADED_REFRESH_SECONDS:
-            self.at = time.monotonic()
-            try:
-                self.value = {str(m.get("name") or m.get("model")) for m in await get_client().ps()}
-            except ApiError:
-                self.value = None
-        return self.value
 
 
 @dataclass
@@ -75,18 +56,22 @@ class QueueWorker:
         self._batch = policy.BatchWait()
         self._last_expiry_check = 0.0
         self._claiming: asyncio.Future[Claim] | None = None
-        self._loaded = LoadedModels()
-        self._several_models = False
+        self._retry_in: float | None = None  # when a job backing off is ready (rule 6)
+        self._side_tasks: set[asyncio.Task[None]] = set()
 
     # --- running -------------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run until cancelled; then hand this worker's jobs back to the queue."""
         self.name = await self.layer.new_channel()
+        await run_scheduler_blocking(transitions.beat, worker=self.name)
         tasks = [
             asyncio.ensure_future(self._listen(settings.QUEUE_WORKER_CHANNEL)),
             asyncio.ensure_future(self._listen(self.name)),
+            asyncio.ensure_future(self._beat_forever()),
+            asyncio.ensure_future(self._prune_forever()),
             asyncio.ensure_future(self._renew_forever()),
+            asyncio.ensure_future(fleet.probe_forever()),
         ]
         logger.info("queue worker %s started", self.name)
         try:
@@ -119,6 +104,8 @@ class QueueWorker:
 
     async def _sleep(self) -> None:
         timeout = self._batch.sleep_for(settings.QUEUE_POLL_INTERVAL_MS / 1000)
+        if self._retry_in is not None:
+            timeout = min(timeout, self._retry_in + 0.005)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
         self._wake.clear()
@@ -127,7 +114,7 @@ class QueueWorker:
         now = time.monotonic()
         if now - self._last_expiry_check >= settings.QUEUE_POLL_INTERVAL_MS / 1000:
             self._last_expiry_check = now
-            recovered = await run_scheduler_blocking(transitions.expire_leases)
+            recovered = await run_scheduler_blocking(transitions.expire_leases, worker=self.name)
             if recovered.get("requeued"):
                 self._wake.set()
         while True:
@@ -138,13 +125,10 @@ class QueueWorker:
                     transitions.claim_batch,
                     worker=self.name,
                     allow_partial=self._batch.allow_partial(),
-                    loaded=await self._loaded.models() if self._several_models else None,
                 )
             )
             claim = await asyncio.shield(self._claiming)
-            # Ollama's loaded models matter only when requests for several models wait.
-            if claim.models_pending is not None:
-                self._several_models = claim.models_pending > 1
+            self._retry_in = claim.retry_in
             if claim.deferred:
                 self._batch.deferred()
                 return
@@ -159,6 +143,25 @@ class QueueWorker:
             await live.notify_claimed(claim.assigned)
             if not claim.more:
                 return
+
+    async def _beat_forever(self) -> None:
+        """Tell the deployment this worker lives (rule 5: a silent one's jobs are taken over)."""
+        while True:
+            await asyncio.sleep(policy.heartbeat_every_seconds())
+            try:
+                await run_scheduler_blocking(transitions.beat, worker=self.name)
+            except Exception as exc:  # noqa: BLE001 - the database is away: the next beat tries again
+                logger.warning("heartbeat failed: %s", exc)
+
+    async def _prune_forever(self) -> None:
+        """Delete finished queue rows past ``[retention]`` about once a minute (every worker may; the
+        deletes are idempotent and batched, so two at once only share the work)."""
+        while True:
+            await asyncio.sleep(PRUNE_EVERY_SECONDS)
+            try:
+                await run_blocking(retention.prune)  # it logs what it pruned
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                logger.warning("pruning finished queue rows failed: %s", exc)
 
     async def _renew_forever(self) -> None:
         while True:
@@ -184,18 +187,21 @@ class QueueWorker:
         group = live.generation_group(generation.generation_id)
         gid = generation.generation_id.hex
         started = time.monotonic()
+        client = servers.client(generation.server or None)
         try:
             final: dict[str, Any] = {}
             if generation.endpoint in WHOLE_ENDPOINTS:
                 # Embeddings: one JSON answer, kept whole as the record's final.
-                answer = await get_client().request_json(
-                    "POST", f"/api/{generation.endpoint}", generation.payload
-                )
+                answer = await client.request_json("POST", f"/api/{generation.endpoint}", generation.payload)
                 final = {**ollama_metrics(answer), "body": answer}
+                if generation.loads_model:
+                    self._background(fleet.refresh_loaded(generation.server))
             else:
-                async for raw in get_client().stream(f"/api/{generation.endpoint}", generation.payload):
+                async for raw in client.stream(f"/api/{generation.endpoint}", generation.payload):
                     if not state.chunks:
                         metrics.TIME_TO_FIRST_TOKEN.observe(time.monotonic() - started)
+                        if generation.loads_model:  # loaded now: what did the load unload?
+                            self._background(fleet.refresh_loaded(generation.server))
                     if raw.get("done"):
                         last, final = split_final(generation.endpoint, raw)
                         if last is not None:
@@ -207,8 +213,15 @@ class QueueWorker:
                 _finish_and_store, self.name, generation, state.chunks, final, wall
             )
             if jobs:
-                metrics.GENERATION_TIME.observe(time.monotonic() - started)
-                counters.incr(counters.GENERATION_MS_TOTAL, int((time.monotonic() - started) * 1000))
+                ms = int((time.monotonic() - started) * 1000)
+                metrics.GENERATION_TIME.observe(ms / 1000)
+                counters.incr_many(
+                    {
+                        counters.GENERATION_MS_TOTAL: ms,
+                        counters.server_counter(generation.server, "completed"): 1,
+                        counters.server_counter(generation.server, "generation_ms"): ms,
+                    }
+                )
             # The end, with what a listener needs to finish without reading its row again: the
             # jobs now completed, the number of chunks, and the final metrics.
             end = {
@@ -232,6 +245,12 @@ class QueueWorker:
             self._wake.set()
             await live.wake_workers()  # a slot is free: workers elsewhere may claim now
 
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the generation (kept referenced until it ends)."""
+        task = asyncio.ensure_future(work)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
     async def _publish(self, state: Running, group: str, chunk: Chunk) -> None:
         """Add a chunk to the record and send it to the generation's listeners."""
         state.chunks.append(chunk)
@@ -241,10 +260,23 @@ class QueueWorker:
 
     async def _fail(self, state: Running, error: ApiError) -> None:
         generation = state.generation
-        logger.warning("generation %s failed: %s (%s)", generation.generation_id, error.message, error.code)
-        counters.incr(counters.UPSTREAM_ERRORS_PREFIX + error.code)
+        logger.warning(
+            "generation %s failed on %s: %s (%s)",
+            generation.generation_id, generation.server, error.message, error.code,
+        )  # fmt: skip
+        counters.incr_many(
+            {
+                counters.UPSTREAM_ERRORS_PREFIX + error.code: 1,
+                counters.server_counter(generation.server, "failed"): 1,
+            }
+        )
         await run_scheduler_blocking(
-            transitions.fail_generation, worker=self.name, generation_id=generation.generation_id, error=error
+            transitions.fail_generation,
+            worker=self.name,
+            generation_id=generation.generation_id,
+            error=error,
+            server=generation.server,
+            sent=bool(state.chunks),
         )
         message = {"type": "gen.end", "generation": generation.generation_id.hex, "error": error.code}
         group = live.generation_group(generation.generation_id)
@@ -297,6 +329,7 @@ def _finish_and_store(
         chunks=chunks,
         final=final,
         wall_seconds=wall_seconds,
+        server=generation.server,
     )
     if any(job.use_cache for job in jobs):
         store_response(
@@ -310,6 +343,7 @@ def _finish_and_store(
 
 
 RESTART_DELAY_SECONDS = 1.0
+PRUNE_EVERY_SECONDS = 60.0
 
 
 async def supervise() -> None:
@@ -342,5 +376,5 @@ def run_until_signalled() -> None:
         loop.add_signal_handler(sig, task.cancel)
     with contextlib.suppress(asyncio.CancelledError):
         loop.run_until_complete(task)
-    loop.run_until_complete(close_client())
+    loop.run_until_complete(servers.close_clients())
     loop.close()

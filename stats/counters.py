@@ -44,6 +44,15 @@ CONVERSATION_EVICTIONS = "conversations.evictions"
 CHAT_REQUESTS = "chat.requests"  # generation requests answered (hits and misses)
 GENERATION_MS_TOTAL = "queue.generation_ms_total"  # summed upstream generation time
 UPSTREAM_ERRORS_PREFIX = "upstream_errors."
+SERVER_PREFIX = "servers."  # servers.<name>.<SERVER_FIGURES>: one Ollama server's generations
+SERVER_FIGURES = ("completed", "failed", "generation_ms")
+
+
+def server_counter(server: str, figure: str) -> str:
+    """The counter of one Ollama server's ``figure`` (one of SERVER_FIGURES)."""
+    assert figure in SERVER_FIGURES
+    return f"{SERVER_PREFIX}{server}.{figure}"
+
 
 ALL = (
     REQUESTS_QUEUED, DEDUPLICATED, BATCHES, BATCHED_JOBS, GENERATIONS, COMPLETED, FAILED, CANCELLED,

@@ -193,12 +193,17 @@ def _stop_shared_server(servers: Servers, django_db_blocker: Any) -> None:
     if servers.shared is None:
         return
     servers.stop_shared()
-    # A stopping server writes its buffered counter increments on the way out, after the last
-    # test's database flush: they belong to that test, not to the one starting now.
+    # A stopping server writes its buffered counter increments on the way out, and its probes may
+    # have recorded a server's state, after the last test's database flush: they belong to that
+    # test, not to the one starting now (a server left "out" would take every claim's route away).
+    from queueing.models import OwnerService, ServerState, WorkerBeat
     from stats.models import Counter
 
     with django_db_blocker.unblock():
         Counter.objects.all().delete()
+        ServerState.objects.all().delete()
+        OwnerService.objects.all().delete()  # its owners' attained service would skew a fair-share test
+        WorkerBeat.objects.all().delete()
 
 
 @pytest.fixture(scope="session", autouse=True)

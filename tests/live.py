@@ -42,7 +42,7 @@ class LiveServer:
         cmd = [
             sys.executable,
             "-m",
-            "daphne",
+            "chatbot_site.serve",  # daphne's CLI with the connection limits installed
             "--fd",
             str(fd),
             *self.args,

@@ -37,3 +37,4 @@ class WarmModelData(Strict):
 
     model: ModelName | None = None
     keep_alive: KeepAlive | None = None
+    all: bool | None = None  # warm every Ollama server that has the model, not only the best one

@@ -15,7 +15,6 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
-from core.catalogue import model_facts
 from core.errors import ApiError
 from core.generation import Answer, Chunk
 from gateway import payloads
@@ -177,7 +176,7 @@ def error_event(error: ApiError) -> bytes:
 @api_view("POST", render=anthropic_error, body=MessagesBody)
 async def messages(request: HttpRequest, body: MessagesBody) -> HttpResponseBase:
     """``POST /v1/messages``."""
-    facts = await model_facts(body.model)
+    facts = await payloads.facts_of(body.model)
     payload = {**body.native(can_think=facts.thinks), "keep_alive": payloads.keep_alive(None)}
     spec = await payloads.spec_for(
         request, endpoint="chat", payload=payload, samples=body.samples(), streaming=body.stream
@@ -199,4 +198,4 @@ async def messages(request: HttpRequest, body: MessagesBody) -> HttpResponseBase
                 assert event.error is not None
                 yield error_event(event.error)
 
-    return sse_response(stream(), ping=PING)
+    return sse_response(stream(), ping=PING, on_error=error_event)

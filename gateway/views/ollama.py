@@ -3,8 +3,9 @@ queueing by pointing their base URL here.
 
 Generations (``/api/chat``, ``/api/generate``) go through the same cache and scheduler as
 ``/api/chat-optimized`` and are framed as Ollama frames them (NDJSON by default, one JSON object
-with ``stream: false``). Read-only calls pass through; ``/api/embed`` is cached by its input. Model
-management is never forwarded. Errors are Ollama's ``{"error": "..."}``.
+with ``stream: false``). Read-only calls are merged across the Ollama servers (``/api/tags``,
+``/api/ps``) or go to a server that has the model (``/api/show``); ``/api/embed`` is cached by its
+input. Model management is never forwarded. Errors are Ollama's ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 
+from core.errors import ApiError
 from core.generation import Answer, Chunk
-from core.ollama import get_client
+from core.values import keep_alive_is_zero
 from gateway import payloads
 from gateway.embeddings import embeddings
 from gateway.http import api_view, ollama_error
 from gateway.schemas import EmbedBody, EmbeddingsBody, OllamaChatBody, OllamaGenerateBody, ShowBody
 from gateway.session import GenerationSession
+from gateway.sse import ending
+from queueing import upstream
 
 
 def ollama_view(
@@ -33,11 +37,6 @@ def ollama_view(
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-async def _load_or_unload(path: str, payload: dict[str, Any]) -> JsonResponse:
-    """An empty prompt only loads (or, with keep_alive 0, unloads) the model: pass it through."""
-    return JsonResponse(await get_client().request_json("POST", path, payload))
 
 
 @ollama_view("POST", body=OllamaChatBody)
@@ -63,7 +62,9 @@ async def _pass_through(path: str, payload: dict[str, Any], render_only: bool | 
     generates nothing. Neither is queued nor cached: passed straight to Ollama."""
     if render_only:
         payload = {**payload, "_debug_render_only": True, "stream": False}
-    return JsonResponse(await get_client().request_json("POST", path, payload))
+    elif keep_alive_is_zero(payload.get("keep_alive")):
+        return JsonResponse(await upstream.unload(path, payload))
+    return JsonResponse(await upstream.request(str(payload["model"]), "POST", path, payload))
 
 
 def native_chunk(endpoint: str, model: str, chunk: Chunk, *, done: bool = False) -> dict[str, Any]:
@@ -128,10 +129,14 @@ async def _generate(
                 yield json.dumps(native_final(endpoint, model, event.final)).encode() + b"\n"
             elif event.kind == "error":
                 assert event.error is not None
-                # As Ollama does: an error after streaming began is a last {"error": ...} line.
-                yield json.dumps({"error": event.error.message}).encode() + b"\n"
+                yield error_line(event.error)
 
-    return StreamingHttpResponse(lines(), content_type="application/x-ndjson")
+    return StreamingHttpResponse(ending(lines(), on_error=error_line), content_type="application/x-ndjson")
+
+
+def error_line(error: ApiError) -> bytes:
+    """As Ollama does: an error after streaming began is a last ``{"error": ...}`` line."""
+    return json.dumps({"error": error.message}).encode() + b"\n"
 
 
 @ollama_view("POST", body=EmbedBody)
@@ -148,22 +153,26 @@ async def legacy_embeddings(request: HttpRequest, body: EmbeddingsBody) -> HttpR
 
 @ollama_view("GET")
 async def tags(request: HttpRequest) -> HttpResponseBase:
-    return JsonResponse(await get_client().request_json("GET", "/api/tags"))
+    """``GET /api/tags``: the models of every server, each once."""
+    return JsonResponse({"models": await upstream.tags()})
 
 
 @ollama_view("GET")
 async def ps(request: HttpRequest) -> HttpResponseBase:
-    return JsonResponse(await get_client().request_json("GET", "/api/ps"))
+    """``GET /api/ps``: the loaded models of every server, each entry naming its ``server``."""
+    return JsonResponse({"models": await upstream.ps()})
 
 
 @ollama_view("GET")
 async def version(request: HttpRequest) -> HttpResponseBase:
-    return JsonResponse(await get_client().request_json("GET", "/api/version"))
+    return JsonResponse({"version": await upstream.version()})
 
 
 @ollama_view("POST", body=ShowBody)
 async def show(request: HttpRequest, body: ShowBody) -> HttpResponseBase:
-    return JsonResponse(await get_client().request_json("POST", "/api/show", {"model": body.model_name}))
+    """``POST /api/show``: from a server that has the model."""
+    model = body.model_name
+    return JsonResponse(await upstream.request(model, "POST", "/api/show", {"model": model}))
 
 
 @ollama_view("POST", "DELETE", "GET", "HEAD")

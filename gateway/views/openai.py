@@ -20,13 +20,13 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
 from core.errors import ApiError, NotFound
 from core.generation import Answer, Chunk
-from core.ollama import get_client
 from gateway import payloads
 from gateway.embeddings import embeddings
 from gateway.http import api_view, openai_error
 from gateway.schemas import ChatCompletionsBody, CompletionsBody, OpenAIEmbeddingsBody
 from gateway.session import GenerationSession
 from gateway.sse import sse_response
+from queueing import upstream
 
 
 def openai_view(
@@ -178,7 +178,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionsBody) -> H
                 assert event.error is not None
                 yield error_frame(event.error)
 
-    return sse_response(stream())
+    return sse_response(stream(), on_error=error_frame)
 
 
 class CompletionFrames:
@@ -241,7 +241,7 @@ async def completions(request: HttpRequest, body: CompletionsBody) -> HttpRespon
                 assert event.error is not None
                 yield error_frame(event.error)
 
-    return sse_response(stream())
+    return sse_response(stream(), on_error=error_frame)
 
 
 def _floats_to_base64(vector: list[float]) -> str:
@@ -285,15 +285,15 @@ def _model_entry(m: dict[str, Any]) -> dict[str, Any]:
 
 @openai_view("GET")
 async def models(request: HttpRequest) -> HttpResponseBase:
-    """``GET /v1/models``: the models Ollama has."""
-    data = [_model_entry(m) for m in await get_client().tags()]
+    """``GET /v1/models``: the models the Ollama servers have, each once."""
+    data = [_model_entry(m) for m in await upstream.tags()]
     return JsonResponse({"object": "list", "data": data or None})
 
 
 @openai_view("GET")
 async def model(request: HttpRequest, name: str) -> HttpResponseBase:
     """``GET /v1/models/{model}``: one model, or OpenAI's 404."""
-    for m in await get_client().tags():
+    for m in await upstream.tags():
         if name in (m.get("name"), m.get("model")):
             return JsonResponse({**_model_entry(m), "id": name})
     raise NotFound(f"model '{name}' not found", code="model_not_found")

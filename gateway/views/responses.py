@@ -289,4 +289,4 @@ async def responses(request: HttpRequest, body: ResponsesBody) -> HttpResponseBa
                 assert event.error is not None
                 yield error_frame(event.error)
 
-    return sse_response(stream())
+    return sse_response(stream(), on_error=error_frame)

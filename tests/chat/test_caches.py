@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from django.core.cache import caches
+from django.core.cache.backends.db import DatabaseCache
+from django.db import connection
 
 from chat import caches as caches_module
 from chat.caches import RESPONSES, conversation_cache, response_cache, response_key
@@ -70,11 +72,25 @@ def test_filling_past_the_limit_keeps_bytes_under_it_and_the_most_recent_entries
     assert counters.read([counters.RESPONSE_EVICTIONS])[counters.RESPONSE_EVICTIONS] == 30 - len(kept)
 
 
-def test_sizes_are_the_stored_bytes():
+def test_sizes_are_the_bytes_the_backend_stores():
+    """The key and the value as the backend holds them (base64 of the pickle in a database cache
+    row, the pickle in Redis), not the JSON text (which counted 0.75 of the table)."""
     response_cache.set("a", {"chunks": ["héllo"], "final": {}})
     entry = CacheEntry.objects.get(alias=RESPONSES, key="a")
-    assert entry.size_bytes == len('{"chunks":["héllo"],"final":{}}'.encode())
-    assert response_cache.totals().entries == 1
+    backend = caches[RESPONSES]
+    if isinstance(backend, DatabaseCache):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f'SELECT LENGTH("cache_key") + LENGTH("value") FROM "{backend._table}" '
+                'WHERE "cache_key" = %s',
+                [backend.make_key("a")],
+            )
+            (stored,) = cursor.fetchone()
+    else:
+        made = backend.client.make_key("a")  # django-redis
+        stored = len(str(made)) + backend.client.get_client().strlen(made)
+    assert entry.size_bytes == stored
+    assert response_cache.totals() == caches_module.CacheTotals(entries=1, size_bytes=stored)
 
 
 def test_hits_and_misses_are_counted():

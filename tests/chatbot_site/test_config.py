@@ -59,6 +59,16 @@ def test_file_values_then_env_overrides(tmp_path):
         ("", {"OLLAMA_API_URL": "localhost:11434"}, r"^\[ollama\] api_url .*must be an http"),
         ("", {"CACHE_ENABLED": "perhaps"}, r"^\[cache\] enabled = 'perhaps' \(from env CACHE_ENABLED\)"),
         ("[server\n", {}, r"is not valid TOML"),
+        (
+            '[[ollama.servers]]\nname = "a"\nurl = "http://a:1"\n[[ollama.servers]]\nname = "b"\nurl = "ftp://b"\n',
+            {},
+            r"^\[\[ollama\.servers\]\] \(from .*config.toml\): entry 2 \(b\): url must be an http",
+        ),
+        (
+            "",
+            {"OLLAMA_SERVERS": "a=http://a:1,b=zzz"},
+            r"^\[ollama\] servers = 'a=http://a:1,b=zzz' \(from env OLLAMA_SERVERS\): entry 2 \(b\)",
+        ),
     ],
 )
 def test_bad_values_name_key_value_and_source(tmp_path, toml, env, expected):
@@ -67,6 +77,20 @@ def test_bad_values_name_key_value_and_source(tmp_path, toml, env, expected):
     message = str(exc.value)
     assert "\n" not in message
     assert re.search(expected, message), message
+
+
+def test_server_list_from_file_or_from_env(tmp_path):
+    toml = '[[ollama.servers]]\nname = "a"\nurl = "http://a:1"\nmax_concurrent = 2\n'
+    toml += '[[ollama.servers]]\nname = "b"\nurl = "http://b:2"\nmodels = ["qwen3*"]\nweight = 2\n'
+    env = write(tmp_path, toml)
+    servers = load_config(env).ollama.servers
+    assert [(s.name, s.url, s.max_concurrent, s.models, s.weight) for s in servers] == [
+        ("a", "http://a:1", 2, None, 1.0),
+        ("b", "http://b:2", None, ["qwen3*"], 2.0),
+    ]
+    from_env = load_config({**env, "OLLAMA_SERVERS": "x=http://x:3, http://gpu-y:11434"}).ollama.servers
+    assert [(s.name, s.url) for s in from_env] == [("x", "http://x:3"), ("gpu-y:11434", "http://gpu-y:11434")]
+    assert load_config({"CONFIG_PATH": "/dev/null"}).ollama.servers == []
 
 
 def test_missing_file():

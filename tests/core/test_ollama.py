@@ -133,3 +133,61 @@ def test_keep_alive_param():
     assert keep_alive_param("15m") == "15m"
     assert keep_alive_param("-1") == -1
     assert keep_alive_param(0) == 0
+
+
+# --- a broken or hostile upstream: what Ollama itself never sends ----------------------------------
+
+
+class RawUpstream:
+    """A loopback HTTP server that answers every request with the given NDJSON body bytes."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.server: asyncio.base_events.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n")
+        for start in range(0, len(self.body), 65536):
+            writer.write(self.body[start : start + 65536])
+            await writer.drain()
+        writer.close()
+
+
+DONE = b'{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}\n'
+
+
+def test_lone_surrogates_and_nuls_from_the_upstream_are_made_safe_before_anything_stores_them():
+    content = b'"a\\ud800b\\u0000c \\ud83d\\ude00"'
+    line = b'{"model":"m","message":{"role":"assistant","content":' + content + b'},"done":false}\n'
+
+    async def run() -> list[dict]:
+        async with RawUpstream(line + DONE) as url:
+            return await collect(make_client(url))
+
+    chunks = asyncio.run(run())
+    content = chunks[0]["message"]["content"]
+    assert content == "a\ufffdb\ufffdc \U0001f600"  # the valid pair is kept, one emoji
+    assert content.encode("utf-8")  # encodable: an SSE frame or a database row takes it
+
+
+def test_an_endless_upstream_line_is_refused_at_the_bound_not_buffered_whole():
+    endless = b'{"model":"m","message":{"content":"' + b"x" * (9 * 1024 * 1024)
+
+    async def run() -> list[dict]:
+        async with RawUpstream(endless) as url:
+            return await collect(make_client(url))
+
+    with pytest.raises(OllamaBadResponse, match="longer than 8 MiB"):
+        asyncio.run(run())

@@ -239,6 +239,7 @@ class Generation:
                 self.in_flight -= 1
                 if finished:
                     self.completed += 1
+                    self.completed_calls[request_signature(path, body)] += 1
                 else:
                     self.aborted += 1
         return finished

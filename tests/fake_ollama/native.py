@@ -86,8 +86,11 @@ class NativeEndpoints:
             if r.expires == FOREVER:
                 expires = "2318-01-01T00:00:00Z"
             else:
-                at = datetime.now(UTC) + timedelta(seconds=r.expires - now)
-                expires = at.isoformat(timespec="seconds").replace("+00:00", "Z")
+                try:
+                    at = datetime.now(UTC) + timedelta(seconds=r.expires - now)
+                    expires = at.isoformat(timespec="seconds").replace("+00:00", "Z")
+                except OverflowError:  # Go's time.Duration overflows negative there: forever, as above
+                    expires = "2318-01-01T00:00:00Z"
             models.append(
                 {
                     "name": m.name,

@@ -87,6 +87,7 @@ class FakeOllama(Generation, NativeEndpoints, OpenAILayer, ResponsesLayer, Anthr
         with self._lock:
             self.requests: list[RecordedRequest] = []
             self.calls: collections.Counter[str] = collections.Counter()
+            self.completed_calls: collections.Counter[str] = collections.Counter()
             self.by_surface: collections.Counter[str] = collections.Counter()
             self.generation_log: list[GenerationRecord] = []
             self.generations = 0  # generation requests served (chat + generate + /v1, not loads)
@@ -120,6 +121,13 @@ class FakeOllama(Generation, NativeEndpoints, OpenAILayer, ResponsesLayer, Anthr
         with self._lock:
             return self.calls[request_signature(path, body)]
 
+    def completed_for(self, body: dict[str, Any], path: str = "/api/chat") -> int:
+        """How many generations with this body the emulator finished (sent ``done`` for)."""
+        from .rules import request_signature
+
+        with self._lock:
+            return self.completed_calls[request_signature(path, body)]
+
     def generation_requests(self) -> list[RecordedRequest]:
         """Native /api/chat and /api/generate requests that generate (not loads), as received."""
         with self._lock:
@@ -145,7 +153,9 @@ class FakeOllama(Generation, NativeEndpoints, OpenAILayer, ResponsesLayer, Anthr
                 "aborted": self.aborted,
                 "connections_open": self.connections_open,
                 "faults_served": self.faults_served,
-                "requests": len(self.requests),
+                # Requests besides the status reads a gateway polls (its health probes).
+                "requests": sum(1 for r in self.requests if not _is_status_read(r)),
+                "status_reads": sum(1 for r in self.requests if _is_status_read(r)),
                 "loaded": sorted(self.runners),
                 "model_loads": self.model_loads,
                 "model_unloads": self.model_unloads,
@@ -399,6 +409,13 @@ class FakeOllama(Generation, NativeEndpoints, OpenAILayer, ResponsesLayer, Anthr
         else:
             await send_json(writer, 404, {"error": "unknown control endpoint"})
         return True
+
+
+STATUS_READS = ("/api/version", "/api/tags", "/api/ps")
+
+
+def _is_status_read(request: RecordedRequest) -> bool:
+    return request.method == "GET" and request.path in STATUS_READS
 
 
 def _is_load(body: Any) -> bool:

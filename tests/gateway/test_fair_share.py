@@ -113,7 +113,8 @@ def test_pending_and_in_flight_limits_are_exact_under_concurrent_submits(start_s
 
 
 def test_quota_is_exact_under_concurrency_and_usage_matches_ollamas_figures(start_server, ollama, tmp_path):
-    ollama.configure(first_token_delay=0.1, token_count=8)
+    # Slow enough generations that all 30 are admitted before the quota runs out (about 6 fit).
+    ollama.configure(first_token_delay=1.0, token_count=8)
     server = start_server(
         API_KEYS=KEYS, ADMIN_TOKEN=ADMIN, QUEUE_MAX_CONCURRENT=2, BATCH_MAX_BATCH_SIZE=2,
         CONFIG_PATH=config(tmp_path, "[owners.alice]\ntokens_per_hour = 100\n"),

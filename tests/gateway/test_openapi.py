@@ -186,6 +186,7 @@ def test_live_answers_match_the_document(checked, ollama) -> None:
     assert operations <= exercised, f"documented but never exercised: {sorted(operations - exercised)}"
 
 
+@pytest.mark.timeout(900)  # about 2,800 cases: minutes on a loaded 2-core machine (its own bound below)
 def test_schemathesis_finds_no_server_errors_or_schema_violations(start_server, tmp_path) -> None:
     """Fuzz every documented operation of a live server: examples, coverage, fuzzing and stateful
     phases, valid and invalid input. Every answer is checked: no 5xx, status, content type and body

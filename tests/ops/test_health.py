@@ -48,3 +48,11 @@ def test_request_id_is_propagated_to_logs(server):
     httpx.get(f"{server.url}/no/such/thing", headers={"X-Request-ID": "trace-abc-123"})
     assert httpx.get(f"{server.url}/health").status_code == 200
     assert "[trace-abc-123] Not Found: /no/such/thing" in server.log
+
+
+def test_public_deep_health_names_what_failed_but_not_where(server, ollama):
+    ollama.configure(fault="refuse")
+    r = httpx.get(f"{server.url}/health", params={"deep": "1"}, timeout=10)
+    check = r.json()["checks"]["ollama"]
+    assert check["ok"] is False and "unreachable" in check["error"]
+    assert ollama.url not in r.text and f":{ollama.port}/" not in r.text and "http://" not in r.text, r.text

@@ -199,7 +199,8 @@ def test_commands_act_on_what_the_server_cached(server, ollama, server_base_env)
 
     warm = manage(server_base_env, "warm_model", "--model", "deepseek-r1:8b", "--keep-alive", "30m")
     assert warm.returncode == 0 and "deepseek-r1:8b is loaded (keep_alive 30m)" in warm.stdout
-    assert ollama.requests[-2].body == {"model": "deepseek-r1:8b", "messages": [], "keep_alive": "30m"}
+    loads = [r.body for r in ollama.requests if (r.method, r.path) == ("POST", "/api/chat")]
+    assert loads[-1] == {"model": "deepseek-r1:8b", "messages": [], "keep_alive": "30m"}
     missing = manage(server_base_env, "warm_model", "--model", "absent:1b")
     assert missing.returncode == 1 and "Ollama has no model 'absent:1b'" in missing.stderr
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
-from core.errors import Conflict, NotFound, OllamaUnavailable, TooManyRequests
-from queueing import selectors, transitions
-from queueing.models import Job, Kind, Status
+from core.errors import Conflict, NotFound, OllamaBadResponse, OllamaUnavailable, TooManyRequests
+from queueing import policy, selectors, transitions
+from queueing.models import Job, Kind, Status, WorkerBeat
 from queueing.spec import JobSpec
 from stats import counters
 
@@ -218,3 +220,126 @@ def test_release_hands_jobs_back_without_charging_an_attempt():
     assert transitions.release_worker(worker="w") == {"requeued": 1}
     job.refresh_from_db()
     assert (job.status, job.attempts, job.lease_owner) == (Status.PENDING, 0, "")
+
+
+# --- retries with back-off (rule 6) and heartbeats (rule 5) --------------------------------------
+
+
+def _ready(job: Job) -> None:
+    """The back-off is over (the clock moved on)."""
+    Job.objects.filter(id=job.id).update(not_before=timezone.now() - timedelta(milliseconds=1))
+
+
+def _fail(error, worker: str = "w") -> dict[str, int]:
+    generation = transitions.claim_batch(worker=worker).generations[0]
+    return transitions.fail_generation(worker=worker, generation_id=generation.generation_id, error=error)
+
+
+def test_a_retried_request_waits_its_back_off_before_it_is_claimed_again(settings):
+    settings.QUEUE_RETRY_BASE_SECONDS = 1.0
+    job = enqueue("x")
+    before = timezone.now()
+    assert _fail(OllamaBadResponse("cut")) == {"retried": 1, "failed": 0}
+    job.refresh_from_db()
+    assert job.status == Status.PENDING and job.attempts == 1
+    wait = (job.not_before - before).total_seconds()
+    assert 0.75 <= wait <= 1.25 + 0.5  # the base, with jitter
+    assert abs((job.retry_until - before).total_seconds() - settings.QUEUE_RETRY_WINDOW_SECONDS) < 1
+    assert transitions.claim_batch(worker="w").generations == []  # backing off
+    _ready(job)
+    assert transitions.claim_batch(worker="w").jobs == 1
+
+
+def test_the_back_off_doubles_with_how_long_the_request_has_been_failing(settings):
+    settings.QUEUE_RETRY_BASE_SECONDS, settings.QUEUE_RETRY_MAX_SECONDS = 1.0, 15.0
+    now = timezone.now()
+    window = timedelta(seconds=settings.QUEUE_RETRY_WINDOW_SECONDS)
+    for failing, expected in ((0, 1.0), (4, 4.0), (8, 8.0), (100, 15.0)):
+        waits = [(policy.retry_at(now, now - timedelta(seconds=failing) + window) - now).total_seconds()]
+        waits += [(policy.retry_at(now, now - timedelta(seconds=failing) + window) - now).total_seconds()]
+        assert all(0.75 * expected <= w <= 1.25 * expected for w in waits), (failing, waits)
+
+
+def test_an_unreachable_ollama_costs_no_attempt_until_the_retry_window_closes(settings):
+    settings.QUEUE_MAX_ATTEMPTS = 2
+    job = enqueue("x")
+    for _ in range(6):  # an Ollama restart: refused, refused, ... never a spent attempt
+        assert _fail(OllamaUnavailable("refused")) == {"retried": 1, "failed": 0}
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Status.PENDING, 0)
+        _ready(job)
+    Job.objects.filter(id=job.id).update(retry_until=timezone.now() - timedelta(seconds=1))
+    assert _fail(OllamaUnavailable("refused")) == {"retried": 0, "failed": 1}
+    job.refresh_from_db()
+    assert (job.status, job.error_code) == (Status.FAILED, "ollama_unavailable")
+
+
+def test_other_failures_spend_attempts(settings):
+    settings.QUEUE_MAX_ATTEMPTS = 2
+    job = enqueue("x")
+    assert _fail(OllamaBadResponse("cut")) == {"retried": 1, "failed": 0}
+    _ready(job)
+    assert _fail(OllamaBadResponse("cut")) == {"retried": 0, "failed": 1}
+
+
+def test_a_silent_workers_jobs_are_taken_after_three_beats_not_after_the_lease(settings):
+    settings.QUEUE_HEARTBEAT_SECONDS, settings.QUEUE_LEASE_SECONDS = 1.0, 600.0
+    job = enqueue("x")
+    transitions.beat(worker="w1")
+    transitions.claim_batch(worker="w1")
+    transitions.beat(worker="w2")
+    assert transitions.expire_leases(worker="w2") == {}  # w1 beats: its job stays
+    WorkerBeat.objects.filter(name="w1").update(seen_at=timezone.now() - timedelta(seconds=2))
+    assert transitions.expire_leases(worker="w2") == {}  # two beats missed: not yet
+    WorkerBeat.objects.filter(name="w1").update(seen_at=timezone.now() - timedelta(seconds=3.5))
+    assert transitions.expire_leases(worker="w2") == {"requeued": 1}
+    job.refresh_from_db()
+    assert (job.status, job.lease_owner) == (Status.PENDING, "")
+    assert not WorkerBeat.objects.filter(name="w1").exists()
+
+
+def test_after_a_stall_that_held_every_worker_nobody_takes_the_others_jobs(settings):
+    settings.QUEUE_HEARTBEAT_SECONDS, settings.QUEUE_LEASE_SECONDS = 1.0, 600.0
+    enqueue("x")
+    transitions.beat(worker="w1")
+    transitions.beat(worker="w2")
+    transitions.claim_batch(worker="w1")
+    WorkerBeat.objects.update(seen_at=timezone.now() - timedelta(seconds=10))  # a frozen database
+    assert transitions.expire_leases(worker="w2") == {}  # w2 was held too: w1 gets a beat's time
+    transitions.beat(worker="w2")
+    assert transitions.expire_leases(worker="w2") == {"requeued": 1}  # w1 still silent
+
+
+def test_a_dead_predecessor_on_this_host_is_known_at_once(settings):
+    settings.QUEUE_LEASE_SECONDS = 600.0
+    job = enqueue("x")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    WorkerBeat.objects.create(name="killed", seen_at=timezone.now(), host=transitions.HOST, pid=dead.pid)
+    transitions.claim_batch(worker="killed")
+    transitions.beat(worker="new")
+    assert transitions.expire_leases(worker="new") == {"requeued": 1}  # its beat is fresh: no wait
+    job.refresh_from_db()
+    assert job.status == Status.PENDING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_idempotency_key_sent_twenty_times_at_once_is_one_request():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    def submit(i: int) -> str:
+        try:
+            spec = JobSpec(kind=Kind.QUEUED, endpoint="chat", model="llama3.2:1b",
+                           payload={"model": "llama3.2:1b", "messages": []}, cache_key="v1:same",
+                           idempotency_key="retry-me")  # fmt: skip
+            if i % 2:  # half as answered from the cache, half queued: both paths race
+                return str(transitions.complete_from_cache(spec, {"chunks": [], "final": {}}).id)
+            return str(transitions.enqueue_request(spec).job.id)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(20) as pool:
+        ids = list(pool.map(submit, range(20)))
+    assert len(set(ids)) == 1 and Job.objects.count() == 1, ids
