@@ -307,12 +307,19 @@ def _loaded_first(heads: list[Candidate], load: Load) -> list[Candidate]:
     """Model affinity: a job whose model is loaded where it would run goes before one that would
     swap models, within the wait bound."""
     bound = settings.FAIRNESS_MODEL_SWAP_AFTER_SECONDS
-    keep = []
-    for h in heads:
-        server = route(h, load)
-        if (server is not None and model_name(h.model) in server.loaded) or load.now - h.created >= bound:
-            keep.append(h)
-    return keep or heads
+    loaded = [h for h in heads if _runs_loaded(h, load)]
+    if not loaded:
+        # Every head would load its model: there is no swap to avoid, so all compete on fair
+        # share. (Keeping only the ones that waited the bound handed a cold server's slots to the
+        # longest backlog, whoever had received the most.)
+        return heads
+    ids = {h.id for h in loaded}
+    return [h for h in heads if h.id in ids or load.now - h.created >= bound]
+
+
+def _runs_loaded(job: Candidate, load: Load) -> bool:
+    server = route(job, load)
+    return server is not None and model_name(job.model) in server.loaded
 
 
 def fairness_key(job: Candidate, load: Load) -> tuple[float, float]:
