@@ -115,6 +115,7 @@ async def spec_for(
     idempotency_key: str | None = None,
     streaming: bool = False,
     conversation: str | None = None,
+    history: int = 0,
 ) -> JobSpec:
     """The job spec of a generation request: the model's rules applied to its options, its cache
     key, the client's cache directives, and the model's cap."""
@@ -140,6 +141,7 @@ async def spec_for(
         streaming=streaming,
         model_cap=model_cap(model, facts),
         affinity=affinity_key(endpoint, payload, conversation),
+        history=history,
     )
 
 

@@ -194,6 +194,7 @@ class ChatSession(GenerationSession):
             use_cache=self.body.use_cache,
             streaming=self.body.stream,
             conversation=self.conversation_id and f"{self.spec.owner}/{self.conversation_id}",
+            history=len(self.history),
         )
         await super().start()
 

@@ -85,6 +85,10 @@ class Job(models.Model):
     # A hash of the conversation's leading messages: its follow-up turns go back to the server that
     # served it last (that server's prompt cache holds the prefix). "" for embeddings.
     affinity = models.CharField(max_length=32, blank=True, default="")
+    # How many leading messages of payload["messages"] are the conversation's stored history
+    # (chat-optimized turns). The conversation store holds them once; a finished row drops them
+    # (retention.trim_history), so N turns do not keep N copies of a growing history.
+    history = models.PositiveIntegerField(default=0)
     # The Ollama server of the current (or last) attempt; a retry prefers another one.
     server = models.CharField(max_length=64, blank=True, default="")
 
@@ -122,6 +126,7 @@ class Job(models.Model):
             models.Index(fields=["status", "owner", "rank"], name="job_owner_idx"),
             models.Index(fields=["affinity", "started_at"], name="job_affinity_idx"),
             models.Index(fields=["status", "finished_at"], name="job_finished_idx"),
+            models.Index(fields=["status"], name="job_history_idx", condition=models.Q(history__gt=0)),
         ]
         constraints = [
             models.UniqueConstraint(

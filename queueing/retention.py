@@ -17,6 +17,11 @@ status are the older part of its due range. Each pass scans a status's due rows 
 stops a ``CLOCK_SLACK`` past the first blanked row it meets, then blanks what it found oldest
 first, so a pass cut short leaves the blanked part contiguous and the next pass finds the rest.
 
+A conversation turn's row (``history`` above 0) carries the stored history in front of its own
+messages while it may still run; once finished it keeps only its own (``trim_history``: at finish,
+and here for rows that ended otherwise), so 15 turns of 1 MB leave one copy of the history, the
+conversation store's, not fifteen.
+
 ``prune`` also runs the caches' maintenance (``chat.caches.maintain``: expired entries purged;
 the first call in a process, then hourly, a reconcile), so one call a minute keeps the disk bounded.
 """
@@ -54,7 +59,8 @@ def prune(now: datetime | None = None, *, dry_run: bool = False) -> dict[str, in
     ``now`` places the queue's cut-offs; the caches' expiry is judged by the real clock."""
     now = now or timezone.now()
     finished_before = now - timedelta(seconds=settings.RETENTION_FINISHED_SECONDS)
-    out = {"deleted": _delete(finished_before, dry_run=dry_run), "blanked": 0}
+    out = {"deleted": _delete(finished_before, dry_run=dry_run), "blanked": 0, "trimmed": 0}
+    out["trimmed"] = _trim_finished(dry_run=dry_run)
     if settings.RETENTION_PAYLOAD_SECONDS > 0:
         payload_before = now - timedelta(seconds=settings.RETENTION_PAYLOAD_SECONDS)
         if payload_before > finished_before:
@@ -63,7 +69,7 @@ def prune(now: datetime | None = None, *, dry_run: bool = False) -> dict[str, in
         out.update(cache_expired=caches.expired_entries(), cache_orphans=0)
     else:
         out.update(caches.maintain())
-    if out["deleted"] or out["blanked"]:
+    if out["deleted"] or out["blanked"] or out["trimmed"]:
         logger.info("queue retention: %s", out)
     return out
 
@@ -71,6 +77,33 @@ def prune(now: datetime | None = None, *, dry_run: bool = False) -> dict[str, in
 def _finished() -> Any:
     # No ordering: the model's default (rank) would sort every matching row before the LIMIT.
     return Job.objects.filter(status__in=TERMINAL).order_by()
+
+
+def trim_history(ids: list[Any]) -> None:
+    """Drop the conversation history from the payloads of these finished rows: each keeps the
+    messages its turn sent (read through job_history_idx, so rows without history cost nothing)."""
+    if not ids:
+        return
+    rows = Job.objects.filter(id__in=ids, status__in=TERMINAL, history__gt=0).order_by()
+    for job_id, payload, history in rows.values_list("id", "payload", "history"):
+        messages = payload.get("messages") if isinstance(payload, dict) else None
+        if isinstance(messages, list):
+            payload = {**payload, "messages": messages[history:]}
+        Job.objects.filter(id=job_id).update(payload=payload, history=0)
+
+
+def _trim_finished(*, dry_run: bool) -> int:
+    """The finished rows that still carry a history (cancelled, failed, answered from a cache)."""
+    due = _finished().filter(history__gt=0)
+    if dry_run:
+        return int(due.count())
+    trimmed = 0
+    while ids := list(due.values_list("id", flat=True)[:BATCH]):
+        trim_history(ids)
+        trimmed += len(ids)
+        if len(ids) < BATCH:
+            break
+    return trimmed
 
 
 def _delete(before: datetime, *, dry_run: bool) -> int:

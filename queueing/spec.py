@@ -27,6 +27,7 @@ class JobSpec:
     streaming: bool = False  # the caller streams the answer (a user waiting on it, not a background call)
     model_cap: int = 0  # generations of this model allowed at once (0: no cap of its own)
     affinity: str = ""  # the conversation's leading-messages hash: routing sends it back (rule 8)
+    history: int = 0  # leading messages that are stored conversation history (dropped at finish)
 
     @property
     def interactive(self) -> bool:

@@ -35,7 +35,7 @@ from core.errors import ApiError, Conflict, OwnerLimit, QuotaExceeded, TooManyRe
 from core.generation import Chunk, content_of
 from core.owners import OwnerRules, rules_for
 from core.servers import is_server_fault
-from queueing import fleet, policy, selectors
+from queueing import fleet, policy, retention, selectors
 from queueing.models import ACTIVE, TERMINAL, Job, JobQuerySet, Kind, OwnerService, Status, WorkerBeat
 from queueing.spec import Claim, JobSpec
 from stats import counters, usage
@@ -64,7 +64,7 @@ def _new_job(spec: JobSpec, **fields: Any) -> Job:
         kind=spec.kind, endpoint=spec.endpoint, model=spec.model, payload=spec.payload,
         cache_key=spec.cache_key, priority=priority, rank=policy.rank(priority, streaming=streaming),
         owner=spec.owner, use_cache=spec.use_cache, idempotency_key=spec.idempotency_key or None,
-        model_cap=spec.model_cap, affinity=spec.affinity, **fields,
+        model_cap=spec.model_cap, affinity=spec.affinity, history=spec.history, **fields,
     )  # fmt: skip
 
 
@@ -511,7 +511,9 @@ def finish_generation(
         if server:
             fleet.record_success(server)
         live = Job.objects.in_generation(generation_id).filter(lease_owner=worker)
-        jobs = list(live.only("id", "use_cache", "owner", "model", "created_at").order_by("created_at"))
+        jobs = list(
+            live.only("id", "use_cache", "owner", "model", "created_at", "history").order_by("created_at")
+        )
         if jobs:
             _charge(jobs[0].owner, jobs[0].model, usage.Cost.of(final, wall_seconds))
         Job.objects.filter(id__in=[j.id for j in jobs], status=Status.PROCESSING).finish(
@@ -522,6 +524,7 @@ def finish_generation(
             result_final=final,
             done_reason=str(final.get("done_reason", "")),
         )
+        retention.trim_history([j.id for j in jobs if j.history])
     if jobs:
         counters.incr_many({counters.COMPLETED: len(jobs), counters.GENERATIONS: 1})
     return jobs

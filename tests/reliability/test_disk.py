@@ -9,6 +9,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import io
+import json
+import logging
 import re
 import threading
 import time
@@ -36,6 +38,7 @@ from tests.helpers import messages, wait_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 KIB, MIB = 1024, 1024 * 1024
+logger = logging.getLogger(__name__)
 
 
 @pytest.fixture(autouse=True)
@@ -374,6 +377,27 @@ def test_prune_queue_command_prints_the_counts_and_dry_run_changes_nothing(setti
     assert sum(blank(j) for j in Job.objects.all()) == 12
 
 
+def test_prune_trims_the_history_of_turns_that_ended_without_finishing():
+    """A cancelled, failed or cache-answered turn still carries its history: prune drops it, and
+    leaves pending rows (they may still run) and rows without history alone."""
+    now = timezone.now()
+    history = [{"role": "user", "content": "old question"}, {"role": "assistant", "content": "old answer"}]
+    rows = finished_rows(6, ago=timedelta(minutes=1), now=now, history=2)
+    for row in rows:
+        row.payload["messages"] = [*history, *row.payload["messages"]]
+    Job.objects.bulk_update(rows, ["payload"])
+    live = {"model": "m", "messages": [*history, *messages("live")]}
+    pending = Job.objects.create(kind=Kind.QUEUED, rank=0, model="m", cache_key="p", history=2, payload=live)
+    assert retention.prune(dry_run=True)["trimmed"] == 6
+    assert retention.prune()["trimmed"] == 6
+    for row in Job.objects.filter(id__in=[r.id for r in rows]):
+        assert row.history == 0 and row.payload["messages"] == messages(row.payload["messages"][0]["content"])
+        assert row.payload["messages"][0]["content"].startswith("secret prompt")
+    pending.refresh_from_db()
+    assert pending.history == 2 and len(pending.payload["messages"]) == 3
+    assert retention.prune()["trimmed"] == 0
+
+
 # --- the overview and averages behind /api/cache-stats and /metrics ----------------------------------
 
 
@@ -410,3 +434,49 @@ def test_the_average_generation_time_looks_only_at_recent_completed_rows():
     Job.objects.filter(id=fresh.id).update(started_at=fresh.finished_at - timedelta(seconds=4))
     assert selectors._measure_average_generation_ms() == 4000
     assert len(older) == 50
+
+
+def _database_bytes() -> int:
+    """The database's size on disk: the SQLite file with its write-ahead log, or PostgreSQL's."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_database_size(current_database())")
+            return int(cursor.fetchone()[0])
+        cursor.execute("PRAGMA page_count")
+        pages = cursor.fetchone()[0]
+        cursor.execute("PRAGMA freelist_count")
+        free = cursor.fetchone()[0]
+        cursor.execute("PRAGMA page_size")
+        return int((pages - free) * cursor.fetchone()[0])
+
+
+def test_conversation_turns_keep_one_copy_of_the_history(start_server, ollama):
+    """15 turns of 1 MB each on one conversation: the queue rows keep each turn's own message, not
+    the history in front of it again (1 + 2 + ... + 15 = 120 MB of payloads before)."""
+    ollama.configure(token_count=4)
+    server = start_server(LIMITS_MAX_BODY_BYTES=2 * MIB, LIMITS_MAX_MESSAGE_CHARS=2 * MIB)
+    turns, size = 15, MIB
+    before = _database_bytes()
+    conversation = "new"
+    with server.client() as client:
+        for turn in range(turns):
+            text = f"turn {turn} " + "h" * size
+            body = {"messages": messages(text), "conversation_id": conversation, "stream": False}
+            r = client.post("/api/chat-optimized", json=body, timeout=60)
+            assert r.status_code == 200, r.text[:300]
+            conversation = r.json()["conversation_id"]
+        stored = client.get(f"/api/conversations/{conversation}").json()["messages"]
+    wait_for(lambda: not Job.objects.filter(history__gt=0).exists(), what="every finished turn trimmed")
+    history = sum(len(m["content"]) for m in stored)
+    payloads = sum(len(json.dumps(p)) for p in Job.objects.values_list("payload", flat=True))
+    growth = _database_bytes() - before
+    figures = (
+        f"{turns} turns of {size / MIB:.0f} MB: history {history / MIB:.1f} MB, queue payloads "
+        f"{payloads / MIB:.1f} MB, database grew {growth / MIB:.1f} MB ({connection.vendor})"
+    )
+    logger.warning(figures)
+    assert len(stored) == 2 * turns, figures
+    assert Job.objects.count() == turns, figures
+    assert payloads <= 1.1 * history, figures
+    # The conversation store's one copy, the rows' own turns, and the live row of the last turn.
+    assert growth <= 4 * history, figures

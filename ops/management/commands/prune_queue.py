@@ -11,6 +11,7 @@ from queueing.retention import prune
 LINES = (
     ("finished queue rows deleted", "deleted"),
     ("finished queue rows blanked (prompts and answers)", "blanked"),
+    ("finished conversation turns that dropped their copy of the history", "trimmed"),
     ("expired cache entries purged", "cache_expired"),
     ("orphaned cache values or index rows deleted", "cache_orphans"),
 )
