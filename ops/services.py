@@ -73,9 +73,12 @@ async def _timed(probe: Any) -> CheckResult:
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
-async def _server_check(view: fleet.View) -> dict[str, Any]:
+async def _server_check(view: fleet.View, place: int) -> dict[str, Any]:
     started = time.perf_counter()
-    found: dict[str, Any] = {"name": view.name, "state": "up" if view.up else "out"}
+    # The one server of [ollama] api_url is named by its host:port: the public report calls it by
+    # its place instead. Names the operator gave ([[ollama.servers]] name) are shown as given.
+    name = view.name if _without_addresses(view.name) == view.name else f"server {place}"
+    found: dict[str, Any] = {"name": name, "state": "up" if view.up else "out"}
     try:
         async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
             found["version"] = await upstream.on(view.name, lambda c: c.version())
@@ -102,7 +105,10 @@ def _public(exc: BaseException) -> str:
 
 
 _ADDRESS = re.compile(
-    r"\b(?:[a-z][a-z0-9+.-]*://\S+|\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?|port \d+)", re.IGNORECASE
+    r"\b(?:[a-z][a-z0-9+.-]*://\S+|\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?"
+    r"|[\w.-]+:\d{1,5}(?![\w.])"  # host:port (a model tag such as qwen2.5:0.5b is not one)
+    r"|port \d+)",
+    re.IGNORECASE,
 )
 
 
@@ -119,7 +125,7 @@ async def _ollama_check() -> dict[str, Any]:
             views = await run_blocking(fleet.views)
     except Exception as exc:  # noqa: BLE001 - reported, as any probe's failure
         return {"ok": False, "error": f"the servers' state is unreadable ({_public(exc)})", "servers": []}
-    checked = await asyncio.gather(*(_server_check(v) for v in views))
+    checked = await asyncio.gather(*(_server_check(v, place) for place, v in enumerate(views, 1)))
     first = next((c for c in checked if c["ok"]), None)
     top: dict[str, Any] = (
         {"ok": True, "version": first["version"], "latency_ms": first["latency_ms"]}

@@ -55,4 +55,5 @@ def test_public_deep_health_names_what_failed_but_not_where(server, ollama):
     r = httpx.get(f"{server.url}/health", params={"deep": "1"}, timeout=10)
     check = r.json()["checks"]["ollama"]
     assert check["ok"] is False and "unreachable" in check["error"]
-    assert ollama.url not in r.text and f":{ollama.port}/" not in r.text and "http://" not in r.text, r.text
+    assert ollama.url not in r.text and f":{ollama.port}" not in r.text and "http://" not in r.text, r.text
+    assert [s["name"] for s in check["servers"]] == ["server 1"], r.text
