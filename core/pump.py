@@ -11,17 +11,21 @@ T = TypeVar("T")
 
 
 class Pump(Generic[T]):
-    def __init__(self, source: AsyncIterator[T]) -> None:
-        self.queue: asyncio.Queue[T | BaseException | None] = asyncio.Queue()
+    """``maxsize`` above 0 bounds what waits: the source is read no further ahead of the reader
+    (a stream's frames, so a slow client does not hold a whole replayed answer). 0 reads the
+    source as fast as it comes (a listener on the channel layer, which must always be drained)."""
+
+    def __init__(self, source: AsyncIterator[T], maxsize: int = 0) -> None:
+        self.queue: asyncio.Queue[T | BaseException | None] = asyncio.Queue(maxsize)
         self.task = asyncio.ensure_future(self._run(source))
 
     async def _run(self, source: AsyncIterator[T]) -> None:
         try:
             async for item in source:
-                self.queue.put_nowait(item)
+                await self.queue.put(item)
         except Exception as exc:  # noqa: BLE001 - handed to the reader, which re-raises it
-            self.queue.put_nowait(exc)
-        self.queue.put_nowait(None)
+            await self.queue.put(exc)
+        await self.queue.put(None)
 
     def ready(self) -> bool:
         """Whether ``get`` would return at once."""

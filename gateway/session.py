@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from django.http import HttpRequest
@@ -39,9 +39,13 @@ class _Replay:
     """A cached entry's events, with ``Pump``'s interface but no task: they are all here already."""
 
     def __init__(self, entry: dict[str, Any]) -> None:
-        events = [live.Event("chunk", chunk=chunk) for chunk in entry["chunks"]]
-        events.append(live.Event("done", final=entry.get("final") or {}))
-        self.events = iter(events)
+        self.events = self._events(entry)  # one at a time, as the reader takes them
+
+    @staticmethod
+    def _events(entry: dict[str, Any]) -> Iterator[live.Event]:
+        for chunk in entry["chunks"]:
+            yield live.Event("chunk", chunk=chunk)
+        yield live.Event("done", final=entry.get("final") or {})
 
     async def get(self, timeout: float | None = None) -> live.Event | None:
         return next(self.events, None)

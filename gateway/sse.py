@@ -29,6 +29,11 @@ from queueing.live import Event
 
 logger = logging.getLogger(__name__)
 PING = b": ping\n\n"
+# A stream's output waiting in the application: frames read ahead of the client, and the bytes of
+# one write. What the client has not taken beyond that waits in the server's connection, bounded
+# by [server] max_unsent_bytes, so a slow reader holds a bounded amount, whatever the answer's size.
+READ_AHEAD_FRAMES = 64
+WRITE_MAX_BYTES = 64 * 1024
 ErrorFrame = Callable[[ApiError], bytes]
 
 
@@ -116,12 +121,13 @@ async def with_heartbeat(
 ) -> AsyncIterator[bytes]:
     """Pass frames through, adding a ping comment whenever ``interval`` passes without one.
 
-    Frames are read by a ``Pump``; each write takes every frame already waiting, so under load
-    several tokens leave in one write (no delay is added: a lone frame goes at once). The source is
+    Frames are read by a ``Pump``, at most READ_AHEAD_FRAMES ahead; each write takes the frames
+    already waiting, up to WRITE_MAX_BYTES, so under load several tokens leave in one write (no
+    delay is added: a lone frame goes at once). The source is
     only ever interrupted when the client goes away; then it is cancelled, which runs its
     ``finally`` (cancelling the upstream generation).
     """
-    pump = Pump(frames)
+    pump = Pump(frames, READ_AHEAD_FRAMES)
     try:
         while True:
             try:
@@ -130,9 +136,11 @@ async def with_heartbeat(
                 yield ping
                 continue
             batch: list[bytes] = []
+            size = 0
             while frame is not None:
                 batch.append(frame)
-                if not pump.ready():
+                size += len(frame)
+                if size >= WRITE_MAX_BYTES or not pump.ready():
                     break
                 try:
                     frame = await pump.get()
