@@ -14,6 +14,7 @@ replays it: tool calls keep their ids, thinking its chunks.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 Chunk = dict[str, Any]
@@ -93,7 +94,7 @@ class Answer:
         self.logprobs.extend(chunk.get("logprobs") or ())
 
     @classmethod
-    def of(cls, chunks: list[Chunk]) -> Answer:
+    def of(cls, chunks: Iterable[Chunk]) -> Answer:
         answer = cls()
         for chunk in chunks:
             answer.add(chunk)

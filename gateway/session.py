@@ -15,6 +15,7 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from chat.caches import entry_chunks
 from chat.conversations import append_conversation, fit_history, get_conversation
 from core.errors import ApiError
 from core.generation import Answer, Chunk, metrics
@@ -39,11 +40,12 @@ class _Replay:
     """A cached entry's events, with ``Pump``'s interface but no task: they are all here already."""
 
     def __init__(self, entry: dict[str, Any]) -> None:
+        self.entry = entry
         self.events = self._events(entry)  # one at a time, as the reader takes them
 
     @staticmethod
     def _events(entry: dict[str, Any]) -> Iterator[live.Event]:
-        for chunk in entry["chunks"]:
+        for chunk in entry_chunks(entry):
             yield live.Event("chunk", chunk=chunk)
         yield live.Event("done", final=entry.get("final") or {})
 
@@ -89,7 +91,7 @@ class GenerationSession:
         event = await self._pump.get(timeout)
         if event is None:
             return None
-        if event.kind == "chunk":
+        if event.kind == "chunk" and not isinstance(self._pump, _Replay):  # a replay has them all
             self.chunks.append(event.chunk)
         elif event.kind == "restart":
             self.chunks.clear()
@@ -103,6 +105,12 @@ class GenerationSession:
 
     async def on_done(self) -> None:
         """Hook for what follows a successful answer."""
+
+    def whole(self) -> Answer:
+        """The answer received: a cache hit's from its entry (not kept twice while it streams)."""
+        if isinstance(self._pump, _Replay):
+            return Answer.of(entry_chunks(self._pump.entry))
+        return Answer.of(self.chunks)
 
     async def first_events(self) -> list[live.Event]:
         """Events until the first token, the end, an error, or FIRST_EVENT_WAIT_SECONDS of queueing.
@@ -150,7 +158,7 @@ class GenerationSession:
                 assert event.error is not None
                 raise event.error
             if event.kind == "done":
-                return Answer.of(self.chunks)
+                return self.whole()
         raise ApiError("The generation ended without an answer.", code="no_answer", status=502)
 
     async def close(self) -> None:
@@ -211,7 +219,7 @@ class ChatSession(GenerationSession):
                 model=self.spec.model,
                 history=self.history,
                 new=self.new_messages,
-                reply=Answer.of(self.chunks).message(),
+                reply=self.whole().message(),
             )
 
     def done_extra(self) -> dict[str, Any]:

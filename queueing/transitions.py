@@ -30,6 +30,7 @@ from django.db.models import F, Min, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from chat.caches import entry_chunks
 from core import clock
 from core.errors import ApiError, Conflict, OwnerLimit, QuotaExceeded, TooManyRequests
 from core.generation import Chunk, content_of
@@ -145,9 +146,10 @@ def complete_from_cache(spec: JobSpec, entry: dict[str, Any]) -> Job:
     """Record a request answered from the response cache as a completed row (for /api/chat-queue)."""
     now = timezone.now()
     final = entry.get("final") or {}
+    chunks = list(entry_chunks(entry))
     job = _new_job(
         spec, status=Status.COMPLETED, started_at=now, finished_at=now, cached=True,
-        result_chunks=entry["chunks"], result_content=content_of(entry["chunks"]), result_final=final,
+        result_chunks=chunks, result_content=content_of(chunks), result_final=final,
         done_reason=str(final.get("done_reason", "stop")),
     )  # fmt: skip
     with queue_lock():

@@ -129,3 +129,19 @@ def test_a_dead_cache_backend_is_bypassed_not_fatal(settings):
     assert response_cache.set("a", value(1)) is False
     assert response_cache.get("a") is None
     assert response_cache.totals().entries == 0
+
+
+def test_a_stored_answer_comes_back_chunk_for_chunk_and_plain_content_is_stored_compactly():
+    chunks = [
+        {"thinking": "Let me see."},
+        {"content": "The "},
+        {"content": "answer", "logprobs": [{"token": "answer", "logprob": -0.1}]},
+        {"content": ""},
+        {"content": "", "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}]},
+        {"content": " is 42."},
+    ]
+    assert caches_module.store_response(key="k", endpoint="chat", model="m", chunks=chunks, final={"a": 1})
+    entry = response_cache.get("k")
+    assert list(caches_module.entry_chunks(entry)) == chunks
+    assert entry["chunks"][1] == "The " and entry["chunks"][3] == "" and entry["chunks"][5] == " is 42."
+    assert isinstance(entry["chunks"][2], dict) and isinstance(entry["chunks"][4], dict)
