@@ -401,6 +401,8 @@ def main() -> int:
         sampler.start()
         # One stream at a time: what a request costs, and adds to its first token, on its own.
         alone = 20
+        asyncio.run(streaming_misses(f"{emulator.url}/api/chat", False, 1, 2, "warm-up direct"))
+        asyncio.run(streaming_misses(f"{base}/api/chat-optimized", True, 1, 2, "warm-up gateway"))
         results["single_direct"] = asyncio.run(
             streaming_misses(f"{emulator.url}/api/chat", False, 1, alone, "direct one")
         )
@@ -430,7 +432,13 @@ def main() -> int:
             results[f"added_ttft_{p}_ms_1"] = round(single[f"ttft_{p}_ms"] - single_direct[f"ttft_{p}_ms"], 1)
             results[f"added_ttft_{p}_ms_16"] = round(gateway[f"ttft_{p}_ms"] - direct[f"ttft_{p}_ms"], 1)
 
-        hit_body = {"messages": [{"role": "user", "content": "cached question"}], "model": "llama3.2:1b"}
+        # Deterministic (temperature 0): a sampling request repeated by the same owner soon after is
+        # a Regenerate ([cache] regenerate_within_seconds) and generated afresh, not a hit.
+        hit_body = {
+            "messages": [{"role": "user", "content": "cached question"}],
+            "model": "llama3.2:1b",
+            "options": {"temperature": 0},
+        }
         httpx.post(f"{base}/api/chat-optimized", json=hit_body, timeout=60).raise_for_status()
         results["cache_hits_gateway"] = wrk(f"{base}/api/chat-optimized", hit_body)
         emulator.configure(first_token_delay=0, token_delay=0)
