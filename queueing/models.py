@@ -8,6 +8,8 @@ from typing import Any
 
 from django.db import models
 
+from stats import counters
+
 
 class Kind(models.TextChoices):
     INTERACTIVE = "interactive", "interactive"  # a chat-optimized caller waits on the connection
@@ -24,6 +26,15 @@ class Status(models.TextChoices):
 
 ACTIVE = (Status.PENDING, Status.PROCESSING)
 TERMINAL = (Status.COMPLETED, Status.FAILED, Status.CANCELLED)
+
+
+# The counter of each terminal state: completions by a generation (cache hits complete rows too, and
+# are counted as hits), failures, cancellations.
+FINISHED_COUNTERS = {
+    "completed": counters.COMPLETED,
+    "failed": counters.FAILED,
+    "cancelled": counters.CANCELLED,
+}
 
 
 class JobQuerySet(models.QuerySet["Job"]):
@@ -53,8 +64,12 @@ class JobQuerySet(models.QuerySet["Job"]):
         return self.running().values("generation_id").distinct().count()
 
     def finish(self, **fields: Any) -> int:
-        """Move these rows to a terminal state; returns how many moved."""
-        return self.update(lease_expires_at=None, **fields)
+        """Move these rows to a terminal state, counting them (``stats.counters``) in the same
+        transaction, so the figures match the rows whenever a process dies; returns how many moved."""
+        moved = self.update(lease_expires_at=None, **fields)
+        if moved:
+            counters.record({FINISHED_COUNTERS[fields["status"]]: moved})
+        return moved
 
 
 class Job(models.Model):

@@ -104,9 +104,7 @@ def enqueue_request(spec: JobSpec) -> Enqueued:
         existing = _insert_once(job, spec)
         if existing is not None:
             return Enqueued(existing, created=False)
-    counters.incr(counters.REQUESTS_QUEUED)
-    if running is not None:
-        counters.incr(counters.DEDUPLICATED)
+        counters.record({counters.REQUESTS_QUEUED: 1, counters.DEDUPLICATED: int(running is not None)})
     return Enqueued(job, created=True, joined=running is not None)
 
 
@@ -387,18 +385,16 @@ def _fail_unroutable(by_owner: dict[str, list[policy.Candidate]], load: policy.L
         if not keep:
             del by_owner[owner]
     if doomed["not_served"]:
-        failed = Job.objects.pending().filter(id__in=doomed["not_served"]).finish(
+        Job.objects.pending().filter(id__in=doomed["not_served"]).finish(
             status=Status.FAILED, finished_at=now, error_code="model_not_found",
             error_message="No configured Ollama server serves this model.",
         )  # fmt: skip
-        counters.incr(counters.FAILED, failed)
     if doomed["all_out"]:
         reasons = "; ".join(f"{s.name}: {s.last_error or 'out'}" for s in load.servers if not s.up)[:500]
-        failed = Job.objects.pending().filter(id__in=doomed["all_out"], kind=Kind.INTERACTIVE).finish(
+        Job.objects.pending().filter(id__in=doomed["all_out"], kind=Kind.INTERACTIVE).finish(
             status=Status.FAILED, finished_at=now, error_code="ollama_unavailable",
             error_message=f"Every Ollama server that serves this model is out ({reasons}).",
         )  # fmt: skip
-        counters.incr(counters.FAILED, failed)
 
 
 def _services(owners: list[str], load: policy.Load) -> dict[str, float]:
@@ -421,12 +417,9 @@ def _fail_over_quota(by_owner: dict[str, list[policy.Candidate]], now: datetime)
         error = quota_error(owner, rules)
         if error is None:
             continue
-        failed = (
-            Job.objects.pending()
-            .filter(owner=owner)
-            .finish(status=Status.FAILED, finished_at=now, error_code=error.code, error_message=error.message)
+        Job.objects.pending().filter(owner=owner).finish(
+            status=Status.FAILED, finished_at=now, error_code=error.code, error_message=error.message
         )
-        counters.incr(counters.FAILED, failed)
         del by_owner[owner]
 
 
@@ -527,8 +520,8 @@ def finish_generation(
             done_reason=str(final.get("done_reason", "")),
         )
         retention.trim_history([j.id for j in jobs if j.history])
-    if jobs:
-        counters.incr_many({counters.COMPLETED: len(jobs), counters.GENERATIONS: 1})
+        if jobs:
+            counters.record({counters.GENERATIONS: 1})  # the completions: Job.objects.finish
     return jobs
 
 
@@ -570,8 +563,6 @@ def fail_generation(
         failed = live.finish(
             status=Status.FAILED, finished_at=now, error_code=error.code, error_message=error.message
         )
-    if failed:
-        counters.incr(counters.FAILED, failed)
     if retry:
         logger.info(
             "generation %s failed on %s (%s): %d jobs go back to the queue",
@@ -666,18 +657,14 @@ def expire_leases(*, worker: str = "") -> dict[str, int]:
 
 def _drop_abandoned(now: datetime) -> None:
     """Cancel pending interactive jobs whose caller stopped waiting (its process died)."""
-    gone = (
-        Job.objects.pending()
-        .filter(kind=Kind.INTERACTIVE, caller_seen_at__lt=policy.caller_alive_since(now))
-        .finish(
-            status=Status.CANCELLED,
-            finished_at=now,
-            error_code="caller_gone",
-            error_message="The caller stopped waiting before the request ran.",
-        )
+    Job.objects.pending().filter(
+        kind=Kind.INTERACTIVE, caller_seen_at__lt=policy.caller_alive_since(now)
+    ).finish(
+        status=Status.CANCELLED,
+        finished_at=now,
+        error_code="caller_gone",
+        error_message="The caller stopped waiting before the request ran.",
     )
-    if gone:
-        counters.incr(counters.CANCELLED, gone)
 
 
 def release_worker(*, worker: str) -> dict[str, int]:
@@ -710,10 +697,6 @@ def _recover(jobs: JobQuerySet, now: datetime, *, reason: str) -> dict[str, int]
         error_code="caller_gone",
         error_message="The caller stopped waiting before the request finished.",
     )
-    if failed:
-        counters.incr(counters.FAILED, failed)
-    if cancelled:
-        counters.incr(counters.CANCELLED, cancelled)
     return {k: v for k, v in {"requeued": requeued, "failed": failed, "cancelled": cancelled}.items() if v}
 
 
@@ -750,5 +733,4 @@ def cancel_request(
         if job.status == Status.PROCESSING and generation is not None:
             stop = None if Job.objects.in_generation(generation).exists() else generation
         job.refresh_from_db()
-    counters.incr(counters.CANCELLED)
     return Cancelled(job, stop_generation=stop, stop_worker=worker if stop else "")

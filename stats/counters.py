@@ -4,7 +4,9 @@ Increments are added up in memory and written every FLUSH_SECONDS by a backgroun
 transaction of ``UPDATE ... SET value = value + n`` (atomic on SQLite and PostgreSQL; the row is
 created on first use). That keeps database writes off the request path: a cache hit used to pay
 two. A process reads its own pending increments first, so its figures are exact; another process's
-arrive within FLUSH_SECONDS. Pending increments are written at exit too. Names are constants here so
+arrive within FLUSH_SECONDS. Pending increments are written at exit too; a process killed with -9
+loses them, so the figures that count queue rows (queued, completed, failed, cancelled, generations)
+are ``record``ed in the transaction that changes the rows instead. Names are constants here so
 a typo cannot start a new counter.
 """
 
@@ -130,6 +132,13 @@ def incr_many(amounts: Mapping[str, int]) -> None:
     _buffer.add(amounts)
 
 
+def record(amounts: Mapping[str, int]) -> None:
+    """Add now, in the caller's transaction: the figures that count queue rows commit (or roll
+    back) with the rows, so a process killed at any moment loses neither (buffered increments die
+    with it). One UPDATE each, inside a transaction the caller holds anyway."""
+    _write(amounts)
+
+
 def flush() -> None:
     """Write this process's pending counter increments now."""
     _buffer.flush()
@@ -141,8 +150,8 @@ def discard_pending() -> None:
 
 
 def _write(amounts: Mapping[str, int]) -> None:
-    with transaction.atomic():
-        for name, amount in amounts.items():
+    with transaction.atomic(savepoint=False):
+        for name, amount in sorted(amounts.items()):  # one lock order for every writer (PostgreSQL)
             if not amount:
                 continue
             if Counter.objects.filter(name=name).update(value=F("value") + amount):

@@ -84,3 +84,24 @@ def test_after_kill_9_the_restarted_server_answers_the_first_request_within_two_
     figures = "first request after kill -9 and restart answered in " + ", ".join(f"{s:.2f} s" for s in rounds)
     logger.warning(figures)
     assert max(rounds) < 2.0, figures
+
+
+def test_kill_9_loses_no_counted_completion(start_server, ollama):
+    """The figures that count queue rows are written with the rows: a server killed with -9 while
+    generations complete leaves as many counted as there are rows (buffered increments of its last
+    half second died with it: 278 counted for 282 rows once)."""
+    ollama.configure(token_count=4, token_delay=0.03)
+    server = start_server(QUEUE_MAX_QUEUE_SIZE=200, QUEUE_MAX_CONCURRENT=2)
+    queued = 40
+    with server.client() as client:
+        _submit_all(client, "counted", queued)
+    wait_for(lambda: Job.objects.filter(status=Status.COMPLETED).count() >= 12, timeout=60, interval=0.02)
+    server.kill()  # while generations complete, a few every second
+    counted = counters.read([counters.COMPLETED, counters.REQUESTS_QUEUED])
+    rows = Job.objects.filter(status=Status.COMPLETED).count()
+    figures = (
+        f"killed with {rows} of {queued} completed: counted {counted[counters.COMPLETED]} completed, "
+        f"{counted[counters.REQUESTS_QUEUED]} queued"
+    )
+    logger.warning(figures)
+    assert counted[counters.COMPLETED] == rows and counted[counters.REQUESTS_QUEUED] == queued, figures
