@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from django.conf import settings
 from django.core.cache import caches
@@ -264,7 +264,7 @@ class SizedCache:
             removed += len(purged)
             if len(purged) < BATCH:
                 break
-        if isinstance(backend, cache_backends.UpsertDatabaseCache) and self._together(backend):
+        if self._together(backend):
             while True:
                 with self._locked():
                     deleted = backend.delete_expired(limit=BATCH)
@@ -280,7 +280,7 @@ class SizedCache:
         something else did to the tables (a crash of an older version, a row deleted by hand)."""
         backend = caches[self.alias]
         orphan_values = orphan_entries = 0
-        if isinstance(backend, cache_backends.UpsertDatabaseCache) and self._together(backend):
+        if self._together(backend):
             prefix = backend.make_key("")
             if backend.make_key("k") == f"{prefix}k":  # Django's key function: prefix, version, key
                 orphan_values, orphan_entries = self._sweep(backend, prefix)
@@ -347,7 +347,7 @@ class SizedCache:
         )
         purged = self._take(cursor, where, [self.alias, now])
         self._delete_values(backend, purged)
-        if isinstance(backend, cache_backends.UpsertDatabaseCache) and self._together(backend):
+        if self._together(backend):
             backend.delete_expired(limit=BATCH)  # value rows past expiry that have no index row
         return purged
 
@@ -421,7 +421,7 @@ class SizedCache:
                 last_id = ids[-1]
         return values, entries
 
-    def _together(self, backend: BaseCache) -> bool:
+    def _together(self, backend: BaseCache) -> TypeGuard[cache_backends.UpsertDatabaseCache]:
         """Whether the values live in the index's database (one transaction covers both)."""
         return isinstance(
             backend, cache_backends.UpsertDatabaseCache
@@ -449,22 +449,20 @@ class SizedCache:
         return int(Counter.objects.filter(name=self.bytes_counter).values_list("value", flat=True).get())
 
     def _add_totals(self, size: int, entries: int) -> None:
-        Counter.objects.filter(name__in=(self.bytes_counter, self.entries_counter)).update(
-            value=F("value")
-            + Case(
-                When(name=self.bytes_counter, then=Value(size)),
-                default=Value(entries),
-                output_field=BigIntegerField(),
-            )
-        )
+        self._update_totals(size, entries, add=True)
 
     def _set_totals(self, size: int, entries: int) -> None:
+        self._update_totals(size, entries, add=False)
+
+    def _update_totals(self, size: int, entries: int, *, add: bool) -> None:
+        """Both totals rows in one statement: ``size`` to the bytes, ``entries`` to the entries."""
+        value: Any = Case(
+            When(name=self.bytes_counter, then=Value(size)),
+            default=Value(entries),
+            output_field=BigIntegerField(),
+        )
         Counter.objects.filter(name__in=(self.bytes_counter, self.entries_counter)).update(
-            value=Case(
-                When(name=self.bytes_counter, then=Value(size)),
-                default=Value(entries),
-                output_field=BigIntegerField(),
-            )
+            value=F("value") + value if add else value
         )
 
 

@@ -52,6 +52,8 @@ from twisted.internet.base import DelayedCall
 from twisted.python.failure import Failure
 from twisted.web import http
 
+from core.errors import ApiError
+
 logger = logging.getLogger(__name__)
 reactor: Any = _reactor  # Twisted types the module as an interface
 
@@ -70,9 +72,14 @@ STALL_CHECK_MAX_SECONDS = 1.0
 FULL_LOG_INTERVAL_SECONDS = 10.0
 
 
+def error_body(message: str, code: str) -> bytes:
+    """The API's error JSON (``core.errors.ApiError.as_dict``)."""
+    return json.dumps(ApiError(message, code=code).as_dict()).encode()
+
+
 def error_response(status: int, code: str, message: str, *, retry_after: int | None = None) -> bytes:
     """A whole HTTP/1.1 error answer that ends the connection, in the API's JSON shape."""
-    body = json.dumps({"error": message, "code": code}).encode()
+    body = error_body(message, code)
     reason = http.RESPONSES.get(status, b"Error").decode("ascii")
     head = [
         f"HTTP/1.1 {status} {reason}",
@@ -304,7 +311,7 @@ class GuardedRequest(WebRequest):
                 self.channel.loseConnection()
             return
         code = {400: "bad_request", 500: "internal_error"}.get(status, "server_error")
-        payload = json.dumps({"error": body.rstrip(".") + ".", "code": code}).encode()
+        payload = error_body(body.rstrip(".") + ".", code)
         self.handle_reply(
             {
                 "type": "http.response.start",

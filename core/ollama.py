@@ -38,6 +38,11 @@ def keep_alive_param(value: str | int | float) -> str | int | float:
     return value
 
 
+def listed_name(entry: dict[str, Any]) -> str:
+    """The model an ``/api/tags`` or ``/api/ps`` entry is about (``name``; older Ollama: ``model``)."""
+    return str(entry.get("name") or entry.get("model") or "")
+
+
 class OllamaClient:
     """A reusable client for one Ollama server, with the timeouts from settings."""
 

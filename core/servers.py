@@ -41,6 +41,11 @@ def model_name(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
+def has_model(tags: frozenset[str] | None, model: str) -> bool:
+    """Whether a server whose probe listed ``tags`` has ``model`` (None: not probed yet, so it may)."""
+    return tags is None or model_name(model) in tags
+
+
 @dataclass(frozen=True)
 class Server:
     name: str

@@ -19,6 +19,7 @@ from django.utils import timezone
 from chat.caches import SizedCache, conversation_cache, response_cache
 from core import servers
 from core.errors import BadRequest, NotFound, OllamaError
+from core.ollama import listed_name
 from core.owners import rules_for
 from core.runtime import run_blocking
 from core.values import is_model_name, keep_alive_problem
@@ -269,7 +270,7 @@ async def ollama_status() -> dict[str, Any]:
         "version": version,
         "loaded_models": [
             {
-                "name": m.get("name") or m.get("model"),
+                "name": listed_name(m),
                 "server": m.get("server"),
                 "expires_at": m.get("expires_at"),
                 "size_vram": m.get("size_vram"),
@@ -333,7 +334,7 @@ async def warm_model(
     ):
         if isinstance(models, BaseException):
             continue
-        names = {servers.model_name(str(m.get("name") or m.get("model"))) for m in models}
+        names = {servers.model_name(listed_name(m)) for m in models}
         listed |= names
         if servers.model_name(name) in names:
             having.append(server)
@@ -363,7 +364,7 @@ async def warm_model(
 async def _warm_on(server: str, name: str, keep: str) -> dict[str, Any]:
     started = time.perf_counter()
     answer = await upstream.on(server, lambda c: c.load(name, keep))
-    loaded = [m.get("name") or m.get("model") for m in await upstream.on(server, lambda c: c.ps())]
+    loaded = [listed_name(m) for m in await upstream.on(server, lambda c: c.ps())]
     return {
         "server": server,
         "done_reason": answer.get("done_reason", ""),

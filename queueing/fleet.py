@@ -30,8 +30,9 @@ from django.utils import timezone
 
 from core import servers
 from core.errors import ApiError, OllamaError
+from core.ollama import listed_name
 from core.runtime import run_blocking
-from core.servers import Server, model_name
+from core.servers import Server, has_model, model_name
 from queueing.models import ServerState
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class View:
         return self.server.name
 
     def has(self, model: str) -> bool:
-        return self.tags is None or model_name(model) in self.tags
+        return has_model(self.tags, model)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -181,9 +182,12 @@ def record_failure(name: str, error: ApiError, now: datetime | None = None) -> N
 
 def record_success(name: str) -> None:
     """``name`` answered: its failures are forgotten and, if it was out, it is back in (blocking).
-    A no-op statement while it is healthy."""
+    One read while it is healthy (every finished generation calls this)."""
     back = ServerState.objects.filter(name=name).filter(~Q(state=State.UP) | Q(failures__gt=0))
-    if back.filter(state=State.OUT).exists():
+    states = list(back.values_list("state", flat=True))
+    if not states:
+        return
+    if State.OUT in states:
         logger.warning("Ollama server %s is back in", name)
     back.update(state=State.UP, failures=0, out_since=None, retry_at=None, backoff_seconds=0.0, last_error="")
 
@@ -232,9 +236,13 @@ async def probe(server: Server) -> None:
             return  # it answered, if oddly (a 404 from an old Ollama without /api/ps)
         error = exc
     else:
-        names = [str(m.get("name") or m.get("model")) for m in tags]
-        running = [str(m.get("name") or m.get("model")) for m in loaded]
-        await run_blocking(record_probe, server.name, version=version, tags=names, loaded=running)
+        await run_blocking(
+            record_probe,
+            server.name,
+            version=version,
+            tags=[listed_name(m) for m in tags],
+            loaded=[listed_name(m) for m in loaded],
+        )
         return
     logger.info("probe of Ollama server %s failed: %s", server.name, error.message)
     await run_blocking(record_failure, server.name, error)
@@ -248,7 +256,7 @@ async def refresh_loaded(server: str) -> None:
     except OllamaError as exc:
         logger.debug("reading %s's loaded models failed: %s", server, exc.message)
         return
-    names = [str(m.get("name") or m.get("model")) for m in loaded]
+    names = [listed_name(m) for m in loaded]
     await run_blocking(ServerState.objects.filter(name=server).update, loaded=names)
 
 

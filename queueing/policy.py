@@ -75,7 +75,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 
 from core.owners import rules_for
-from core.servers import SERVER_FAULT_CODES, Server, model_name
+from core.servers import SERVER_FAULT_CODES, Server, has_model, model_name
 from queueing.models import Kind
 from queueing.spec import Generation
 
@@ -203,7 +203,7 @@ class ServerLoad:
         return self.server.name
 
     def has(self, model: str) -> bool:
-        return self.tags is None or model_name(model) in self.tags
+        return has_model(self.tags, model)
 
     @property
     def capacity(self) -> int:
@@ -242,6 +242,9 @@ class Load:
     def free(self) -> int:
         """New generations the servers that are in have room for."""
         return sum(max(0, s.capacity - s.running) for s in self.servers if s.up)
+
+    def all_out(self) -> bool:
+        return not any(s.up for s in self.servers)
 
 
 def decayed(service: float, updated: float, now: float) -> float:
@@ -282,44 +285,50 @@ def another_server_for(model: str, failed: str, load: Load) -> bool:
     return any(s.up and s.name != failed and s.server.allows(model) for s in load.servers)
 
 
-def _heads(by_owner: dict[str, list[Candidate]], taken: set[uuid.UUID], load: Load) -> list[Candidate]:
+# Each owner's first job that can run now, with the server it would run on (rule 8).
+Head = tuple[Candidate, ServerLoad]
+
+
+def _heads(by_owner: dict[str, list[Candidate]], taken: set[uuid.UUID], load: Load) -> list[Head]:
     heads = []
     for owner, jobs in by_owner.items():
         limit = rules_for(owner).max_in_flight
         if limit and load.running_by_owner[owner] >= limit:
             continue
-        head = next((j for j in jobs if j.id not in taken and route(j, load) is not None), None)
-        if head is not None:
-            heads.append(head)
+        for job in jobs:
+            server = None if job.id in taken else route(job, load)
+            if server is not None:
+                heads.append((job, server))
+                break
     return heads
 
 
-def _competing(heads: list[Candidate], load: Load) -> list[Candidate]:
+def _competing(heads: list[Head], load: Load) -> list[Head]:
     """The highest priority, and lower ones aged up to it (rule 2b)."""
-    top = max(h.priority for h in heads)
+    top = max(job.priority for job, _ in heads)
     aging = settings.QUEUE_PRIORITY_AGING_SECONDS
     if not aging:
-        return [h for h in heads if h.priority == top]
-    return [h for h in heads if h.priority == top or h.priority + (load.now - h.created) / aging >= top]
+        return [h for h in heads if h[0].priority == top]
+    return [
+        h for h in heads if h[0].priority == top or h[0].priority + (load.now - h[0].created) / aging >= top
+    ]
 
 
-def _loaded_first(heads: list[Candidate], load: Load) -> list[Candidate]:
+def _loaded_first(heads: list[Head], load: Load) -> list[Head]:
     """Model affinity: a job whose model is loaded where it would run goes before one that would
     swap models, within the wait bound."""
-    bound = settings.FAIRNESS_MODEL_SWAP_AFTER_SECONDS
-    loaded = [h for h in heads if _runs_loaded(h, load)]
-    if not loaded:
+    if not any(_runs_loaded(h) for h in heads):
         # Every head would load its model: there is no swap to avoid, so all compete on fair
         # share. (Keeping only the ones that waited the bound handed a cold server's slots to the
         # longest backlog, whoever had received the most.)
         return heads
-    ids = {h.id for h in loaded}
-    return [h for h in heads if h.id in ids or load.now - h.created >= bound]
+    bound = settings.FAIRNESS_MODEL_SWAP_AFTER_SECONDS
+    return [h for h in heads if _runs_loaded(h) or load.now - h[0].created >= bound]
 
 
-def _runs_loaded(job: Candidate, load: Load) -> bool:
-    server = route(job, load)
-    return server is not None and model_name(job.model) in server.loaded
+def _runs_loaded(head: Head) -> bool:
+    job, server = head
+    return model_name(job.model) in server.loaded
 
 
 def fairness_key(job: Candidate, load: Load) -> tuple[float, float]:
@@ -348,13 +357,13 @@ def plan_claim(
         heads = _heads(by_owner, taken, load)
         if not heads:
             break
-        job = min(_loaded_first(_competing(heads, load), load), key=lambda h: fairness_key(h, load))
+        job, server = min(
+            _loaded_first(_competing(heads, load), load), key=lambda h: fairness_key(h[0], load)
+        )
         key = job.cache_key if dedup else str(job.id)
         if key in plan.fresh:
             plan.fresh[key].job_ids.append(job.id)
         else:
-            server = route(job, load)
-            assert server is not None  # _heads offers only jobs with a route
             loads = model_name(job.model) not in server.loaded
             plan.fresh[key] = Generation(
                 uuid.uuid4(), job.endpoint, {}, job.cache_key, [job.id], server.name, loads_model=loads

@@ -181,7 +181,7 @@ def claim_batch(*, worker: str, allow_partial: bool = True) -> Claim:
     with queue_lock():
         load = _load()
         free = load.free()
-        if free <= 0 and not _all_out(load):
+        if free <= 0 and not load.all_out():
             return Claim([])
         size = policy.claim_size()
         by_owner = _candidates(per_owner=size + CANDIDATE_SLACK, now=now)
@@ -342,10 +342,6 @@ def _server_loads(views: list[fleet.View]) -> list[policy.ServerLoad]:
     ]
 
 
-def _all_out(load: policy.Load) -> bool:
-    return not any(s.up for s in load.servers)
-
-
 # The server that ran each affinity key's latest attempt (rule 8); the index on (affinity,
 # started_at) serves it.
 _AFFINITY_SQL = f"""
@@ -375,12 +371,10 @@ def _fail_unroutable(by_owner: dict[str, list[policy.Candidate]], load: policy.L
             if job.model not in verdicts:
                 verdicts[job.model] = policy.unroutable(job.model, load)
             verdict = verdicts[job.model]
-            if verdict == "not_served":
-                doomed[verdict].append(job.id)
-            elif verdict == "all_out":
-                doomed[verdict].append(job.id)  # queued ones are filtered out below: they wait
-            else:
+            if verdict is None:
                 keep.append(job)
+            else:  # not run now; of "all_out" only the interactive ones fail below, queued ones wait
+                doomed[verdict].append(job.id)
         by_owner[owner] = keep
         if not keep:
             del by_owner[owner]

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from core import servers
 from core.errors import ApiError, OllamaModelNotFound
-from core.ollama import OllamaClient
+from core.ollama import OllamaClient, listed_name
 from core.runtime import run_blocking
 from core.servers import model_name
 from queueing import fleet
@@ -59,7 +59,7 @@ async def tags() -> list[dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
     for _, models in await _on_each(names, lambda c: c.tags()):
         for entry in models:
-            key = model_name(str(entry.get("name") or entry.get("model") or ""))
+            key = model_name(listed_name(entry))
             seen.setdefault(key, entry)
     return sorted(seen.values(), key=_modified, reverse=True)
 

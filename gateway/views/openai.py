@@ -20,6 +20,7 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
 from core.errors import ApiError, NotFound
 from core.generation import Answer, Chunk
+from core.ollama import listed_name
 from gateway import payloads
 from gateway.embeddings import embeddings
 from gateway.http import api_view, openai_error
@@ -274,7 +275,7 @@ def _owned_by(name: str) -> str:
 
 
 def _model_entry(m: dict[str, Any]) -> dict[str, Any]:
-    name = str(m.get("name") or m.get("model"))
+    name = listed_name(m)
     created = 0
     with contextlib.suppress(ValueError, TypeError):
         created = int(

@@ -50,7 +50,8 @@ def test_a_lone_frame_still_goes_at_once():
 
         stream = with_heartbeat(source(), interval=10)
         started = asyncio.get_running_loop().time()
-        first = await anext(stream)
+        async with asyncio.timeout(2):  # a write that waited for the next frame would hang here
+            first = await anext(stream)
         took = asyncio.get_running_loop().time() - started
         assert first == FRAME
         gate.set()
