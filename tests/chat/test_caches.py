@@ -145,3 +145,22 @@ def test_a_stored_answer_comes_back_chunk_for_chunk_and_plain_content_is_stored_
     assert list(caches_module.entry_chunks(entry)) == chunks
     assert entry["chunks"][1] == "The " and entry["chunks"][3] == "" and entry["chunks"][5] == " is 42."
     assert isinstance(entry["chunks"][2], dict) and isinstance(entry["chunks"][4], dict)
+
+
+def test_readers_of_a_large_answer_share_one_decoded_copy_until_it_changes():
+    big = [{"content": "word "} for _ in range(20_000)]  # well over SHARE_DECODED_FROM_BYTES stored
+    assert caches_module.store_response(key="big", endpoint="chat", model="m", chunks=big, final={})
+    first, second = response_cache.get("big"), response_cache.get("big")
+    assert first is second and list(caches_module.entry_chunks(first)) == big
+    assert caches_module.store_response(key="small", endpoint="chat", model="m", chunks=big[:3], final={})
+    assert response_cache.get("small") is not response_cache.get("small")  # small values: no memo
+    # A new answer under the same key is decoded afresh, while a reader still holds the old one.
+    changed = [*big[:-1], {"content": "end."}]
+    assert caches_module.store_response(key="big", endpoint="chat", model="m", chunks=changed, final={})
+    third = response_cache.get("big")
+    assert third is not first and list(caches_module.entry_chunks(third)) == changed
+    # Nothing keeps a copy once its readers are gone.
+    del first, second, third
+    assert "big" not in response_cache._shared
+    # Conversations are changed and stored back by their readers: never shared.
+    assert conversation_cache._shared is None
