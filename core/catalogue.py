@@ -8,6 +8,7 @@ Ollama could not describe (down, unknown) is asked again after FAILED_TTL_SECOND
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -52,15 +53,28 @@ class ModelFacts:
 
 UNKNOWN = ModelFacts(frozenset())
 _facts: dict[str, tuple[float, ModelFacts]] = {}
+# The question in flight per model and server: a burst of requests for a model not yet known (a
+# process just started, 1,000 requests at once) asks Ollama once, not once per request.
+_asking: dict[tuple[str, str | None], asyncio.Task[ModelFacts]] = {}
 
 
 async def model_facts(model: str, server: str | None = None) -> ModelFacts:
     """The model's capabilities and architecture, as ``server`` (the first one when None) describes
     it; UNKNOWN when it cannot say."""
-    now = time.monotonic()
     known = _facts.get(model)
-    if known is not None and known[0] > now:
+    if known is not None and known[0] > time.monotonic():
         return known[1]
+    loop = asyncio.get_running_loop()
+    key = (model, server)
+    task = _asking.get(key)
+    if task is None or task.done() or task.get_loop() is not loop:
+        task = _asking[key] = loop.create_task(_ask(model, server))
+        task.add_done_callback(lambda done: _asking.pop(key) if _asking.get(key) is done else None)
+    return await asyncio.shield(task)  # a caller that leaves does not cancel the others' answer
+
+
+async def _ask(model: str, server: str | None) -> ModelFacts:
+    now = time.monotonic()
     try:
         shown = await servers.client(server).show(model)
     except OllamaError as exc:
