@@ -434,8 +434,27 @@ class GuardedHTTPFactory(HTTPFactory):
             self.open_connections -= 1
 
 
+# Connections the kernel queues for accept() (Twisted's default is 50). A burst beyond it (a
+# hundred clients connecting at once) made the kernel drop SYNs, and every connection that met a
+# full queue, ``/health`` among them, waited for the client's SYN retransmission: one second, then
+# three. The kernel caps it at net.core.somaxconn (4,096 on current Linux).
+LISTEN_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """A Twisted TCP endpoint description with LISTEN_BACKLOG unless it names one."""
+    if description.startswith("tcp:") and ":backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
+
+
 class GuardedServer(daphne.server.Server):
-    """daphne's server whose ASGI ``send`` waits while a client has not read its output."""
+    """daphne's server whose ASGI ``send`` waits while a client has not read its output, listening
+    with a backlog of LISTEN_BACKLOG."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.endpoints = [with_backlog(e) for e in self.endpoints]
 
     async def handle_reply(self, protocol: Any, message: dict[str, Any]) -> None:
         await super().handle_reply(protocol, message)

@@ -69,11 +69,15 @@ INSTALLED_APPS = [
 
 # The API's request path is async end to end: Django's own (sync) middlewares run only for the admin
 # and the operator endpoint (gateway.middleware.OnlyWhereNeeded), each costing a thread hop there.
-MIDDLEWARE = [
+# Under ASGI an API request runs through API_MIDDLEWARE alone (chatbot_site.handler.ApiHandler).
+API_MIDDLEWARE = [
     "gateway.middleware.RequestIdMiddleware",
     "gateway.middleware.MetricsMiddleware",
     "gateway.middleware.ApiHeadersMiddleware",
     *(["corsheaders.middleware.CorsMiddleware"] if CONFIG.security.cors_allowed_origins else []),
+]
+MIDDLEWARE = [
+    *API_MIDDLEWARE,
     "gateway.middleware.Security",
     "gateway.middleware.Sessions",
     "gateway.middleware.Common",

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import re
 import select
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -296,3 +298,17 @@ def test_a_reader_that_stops_reading_is_dropped_and_its_output_stays_bounded(sta
     )
     with server.client(timeout=5) as client:
         assert client.get("/health").status_code == 200
+
+
+def test_the_server_listens_with_a_backlog_for_bursts(server):
+    """Twisted listens with a backlog of 50: a burst of connections beyond it had SYNs dropped, and
+    each connection behind them (``/health`` too) waited a second for the client's retransmission."""
+    from chatbot_site.serve import LISTEN_BACKLOG
+
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to read the listening socket's backlog")
+    listing = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{server.port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert int(listing[2]) == min(LISTEN_BACKLOG, cap), listing  # Send-Q of a listener: its backlog
