@@ -60,6 +60,9 @@ async def quietly(what: str, operation: Coroutine[Any, Any, Any]) -> bool:
         operation.close()  # never started: no "coroutine was never awaited" warning
         return False
     try:
+        if not settings.REDIS_URL:  # the in-process layer never waits: no timer per message
+            await operation
+            return True
         # A frozen Redis must not hold a publisher (a worker's token relay) for its socket timeout.
         async with asyncio.timeout(settings.REDIS_TIMEOUT_SECONDS):
             await operation

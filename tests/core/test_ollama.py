@@ -191,3 +191,61 @@ def test_an_endless_upstream_line_is_refused_at_the_bound_not_buffered_whole():
 
     with pytest.raises(OllamaBadResponse, match="longer than 8 MiB"):
         asyncio.run(run())
+
+
+# --- the per-read deadline ---------------------------------------------------------------------
+
+
+def test_a_read_deadline_times_out_a_late_read_only():
+    from core.ollama import ReadDeadline
+
+    async def run() -> list[str]:
+        seen = []
+        reads = ReadDeadline()
+        try:
+            assert await reads.within(0.2, asyncio.sleep(0.05, "on time")) == "on time"
+            await asyncio.sleep(0.3)  # the consumer's own work between reads, past the limit: untouched
+            seen.append("between reads not cancelled")
+            for _ in range(20):  # many quick reads inside one limit
+                await reads.within(0.2, asyncio.sleep(0.01))
+            seen.append("quick reads")
+            started = time.monotonic()
+            try:
+                await reads.within(0.1, asyncio.sleep(5))
+            except TimeoutError:
+                seen.append(f"late read timed out after {time.monotonic() - started:.1f} s")
+            assert await reads.within(0.2, asyncio.sleep(0.01, "again")) == "again"
+            seen.append("usable after a timeout")
+        finally:
+            reads.close()
+        return seen
+
+    assert asyncio.run(run()) == [
+        "between reads not cancelled",
+        "quick reads",
+        "late read timed out after 0.1 s",
+        "usable after a timeout",
+    ]
+
+
+def test_a_cancellation_from_elsewhere_stays_a_cancellation():
+    from core.ollama import ReadDeadline
+
+    async def reader() -> None:
+        reads = ReadDeadline()
+        try:
+            await reads.within(10, asyncio.sleep(5))
+        finally:
+            reads.close()
+
+    async def run() -> str:
+        task = asyncio.ensure_future(reader())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "not cancelled"
+
+    assert asyncio.run(run()) == "cancelled"
