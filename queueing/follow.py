@@ -213,6 +213,13 @@ class Follower:
     async def on_silence(self) -> None:
         await self.reload()
         assert self.job is not None
+        partial = self.job.result_chunks
+        if partial and self.job.status == Status.PROCESSING and self.job.generation_id == self.generation:
+            # The output so far, written to the row while the layer is down: a snapshot.
+            self.have_snapshot = True
+            for seq in range(self.emitted, len(partial)):
+                self.buffered.setdefault(seq, partial[seq])
+            self.flush()
         if (
             self.generation is not None
             and not self.have_snapshot

@@ -466,6 +466,7 @@ def _start(
             server=server,
             attempts=F("attempts") + 1,
             deduplicated=not first,
+            result_chunks=None,  # an earlier attempt's partial output (checkpoint_generation)
         )
     )
     if first and len(job_ids) > 1:
@@ -528,6 +529,14 @@ def _charge(owner: str, model: str, cost: usage.Cost) -> None:
         owner=owner, defaults={"service": service + cost.gpu_seconds, "updated": now}
     )
     usage.charge(owner=owner, model=model, cost=cost)
+
+
+def checkpoint_generation(*, worker: str, generation_id: uuid.UUID, chunks: list[Chunk]) -> int:
+    """Write the chunks a running generation produced so far to its jobs, for listeners that cannot
+    hear its channel messages (the channel layer is down): they re-read their rows every second.
+    Only the lease holder writes, and only while the jobs run; ``finish_generation`` writes the
+    whole record over it, and a new attempt starts without it."""
+    return Job.objects.in_generation(generation_id).filter(lease_owner=worker).update(result_chunks=chunks)
 
 
 def fail_generation(

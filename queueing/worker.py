@@ -35,6 +35,9 @@ from queueing.layer import messages, quietly
 from queueing.spec import Claim, Generation
 from stats import counters, metrics
 
+# While the channel layer is down, how often a generation writes its output so far to its rows.
+CHECKPOINT_SECONDS = 0.5
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,6 +46,8 @@ class Running:
     generation: Generation
     task: asyncio.Task[None] | None = None
     chunks: list[Chunk] = field(default_factory=list)
+    checkpointed_at: float = -1e18  # when the output so far was last written to the rows
+    checkpointing: bool = False
 
 
 class QueueWorker:
@@ -256,7 +261,34 @@ class QueueWorker:
         state.chunks.append(chunk)
         gid = state.generation.generation_id.hex
         message = {"type": "gen.chunk", "generation": gid, "seq": len(state.chunks) - 1, "chunk": chunk}
-        await quietly("publish", self.layer.group_send(group, message))
+        if not await quietly("publish", self.layer.group_send(group, message)):
+            self._checkpoint(state)
+
+    def _checkpoint(self, state: Running) -> None:
+        """A chunk did not reach the layer: write the output so far to the rows (their listeners
+        re-read them every second), beside the generation, at most every CHECKPOINT_SECONDS and
+        one write at a time. Without it a Redis outage held every open stream's tokens back until
+        its generation ended."""
+        now = time.monotonic()
+        if state.checkpointing or now - state.checkpointed_at < CHECKPOINT_SECONDS:
+            return
+        state.checkpointing, state.checkpointed_at = True, now
+        chunks, generation_id = list(state.chunks), state.generation.generation_id
+
+        async def write() -> None:
+            try:
+                await run_scheduler_blocking(
+                    transitions.checkpoint_generation,
+                    worker=self.name,
+                    generation_id=generation_id,
+                    chunks=chunks,
+                )
+            except Exception as exc:  # noqa: BLE001 - the rows get the whole record at the end anyway
+                logger.warning("generation %s: output so far not written: %s", generation_id, exc)
+            finally:
+                state.checkpointing = False
+
+        self._background(write())
 
     async def _fail(self, state: Running, error: ApiError) -> None:
         generation = state.generation
