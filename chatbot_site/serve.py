@@ -452,9 +452,8 @@ class GuardedServer(daphne.server.Server):
     """daphne's server whose ASGI ``send`` waits while a client has not read its output, listening
     with a backlog of LISTEN_BACKLOG."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.endpoints = [with_backlog(e) for e in self.endpoints]
+    def __init__(self, *args: Any, endpoints: list[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, endpoints=[with_backlog(e) for e in endpoints or ()], **kwargs)
 
     async def handle_reply(self, protocol: Any, message: dict[str, Any]) -> None:
         await super().handle_reply(protocol, message)
