@@ -175,8 +175,14 @@ class Follower:
         if message.get("gone"):  # the worker no longer runs it: the row says what happened
             await self.reload()
             return
+        self.take_snapshot(message["chunks"])
+
+    def take_snapshot(self, chunks: list[Chunk]) -> None:
+        """The generation's chunks from its start (the worker's replay, or the row's output so far):
+        buffered chunks may go out now."""
         self.have_snapshot = True
-        self.buffered.update(dict(enumerate(message["chunks"])))
+        for seq in range(self.emitted, len(chunks)):
+            self.buffered.setdefault(seq, chunks[seq])
 
     async def on_gen_chunk(self, message: dict[str, Any]) -> None:
         self.buffered[message["seq"]] = message["chunk"]
@@ -215,10 +221,7 @@ class Follower:
         assert self.job is not None
         partial = self.job.result_chunks
         if partial and self.job.status == Status.PROCESSING and self.job.generation_id == self.generation:
-            # The output so far, written to the row while the layer is down: a snapshot.
-            self.have_snapshot = True
-            for seq in range(self.emitted, len(partial)):
-                self.buffered.setdefault(seq, partial[seq])
+            self.take_snapshot(partial)  # the output so far, written while the layer is down
             self.flush()
         if (
             self.generation is not None

@@ -107,26 +107,37 @@ def slow_streams(ollama):
     return ollama
 
 
-def test_postgresql_cut_mid_stream_ends_every_stream(
-    servers, start_server, start_worker, slow_streams, transactional_db
-) -> None:
-    proxy = TcpProxy(urlparse(servers.base_env["DATABASE_URL"]).port or 5432).start()
-    env = {
-        "DATABASE_URL": proxied_database_url(servers.base_env, proxy),
-        "QUEUE_EMBEDDED_WORKER": "false",
-        "QUEUE_MAX_CONCURRENT": STREAMS,
-    }
+def cut_while_streaming(
+    start_server: Any, start_worker: Any, proxy: TcpProxy, setting: dict[str, str], what: str
+) -> tuple[Any, list[Stream], str]:
+    """One daphne without a worker and one runworker reaching the dependency through ``proxy``
+    (every token crosses processes), the proxy cut under STREAMS streams, then started again so the
+    processes can hand their work back and stop."""
+    env = {**setting, "QUEUE_EMBEDDED_WORKER": "false", "QUEUE_MAX_CONCURRENT": STREAMS}
     server = start_server(**env)
     start_worker(**env)
     try:
         cut_at, streams = cut_under_streams(proxy, server)
-        figures = check_endings(cut_at, streams, "PostgreSQL cut", max_stall=MAX_STALL_SECONDS)
+        figures = check_endings(cut_at, streams, what, max_stall=MAX_STALL_SECONDS)
     finally:
-        proxy.start()  # back, so the processes can hand their work back and stop
+        proxy.start()
+    return server, streams, figures
+
+
+def answered_after_the_cut(server: Any, figures: str) -> None:
     with server.client() as client:
         wait_for(lambda: client.get("/health?deep=1").status_code == 200, timeout=30, what="healthy again")
         answer = client.post("/api/chat-optimized", json={"messages": messages("after the cut")})
         assert answer.status_code == 200, f"{answer.text}; {figures}"
+
+
+def test_postgresql_cut_mid_stream_ends_every_stream(
+    servers, start_server, start_worker, slow_streams, transactional_db
+) -> None:
+    proxy = TcpProxy(urlparse(servers.base_env["DATABASE_URL"]).port or 5432).start()
+    setting = {"DATABASE_URL": proxied_database_url(servers.base_env, proxy)}
+    server, _, figures = cut_while_streaming(start_server, start_worker, proxy, setting, "PostgreSQL cut")
+    answered_after_the_cut(server, figures)
 
 
 def test_redis_cut_mid_stream_ends_every_stream(
@@ -134,19 +145,7 @@ def test_redis_cut_mid_stream_ends_every_stream(
 ) -> None:
     redis_url = urlparse(os.environ["REDIS_URL"])
     proxy = TcpProxy(redis_url.port or 6379).start()
-    env = {
-        "REDIS_URL": redis_url._replace(netloc=f"127.0.0.1:{proxy.port}").geturl(),
-        "QUEUE_EMBEDDED_WORKER": "false",
-        "QUEUE_MAX_CONCURRENT": STREAMS,
-    }
-    server = start_server(**env)
-    start_worker(**env)
-    try:
-        cut_at, streams = cut_under_streams(proxy, server)
-        figures = check_endings(cut_at, streams, "Redis cut", max_stall=MAX_STALL_SECONDS)
-        assert all(s.frames[-1][1].get("done") and s.tokens == 120 for s in streams), figures
-    finally:
-        proxy.start()
-    with server.client() as client:
-        answer = client.post("/api/chat-optimized", json={"messages": messages("after the Redis cut")})
-        assert answer.status_code == 200, f"{answer.text}; {figures}"
+    setting = {"REDIS_URL": redis_url._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()}
+    server, streams, figures = cut_while_streaming(start_server, start_worker, proxy, setting, "Redis cut")
+    assert all(s.frames[-1][1].get("done") and s.tokens == 120 for s in streams), figures
+    answered_after_the_cut(server, figures)
