@@ -312,3 +312,49 @@ def test_the_server_listens_with_a_backlog_for_bursts(server):
     ).stdout.split()
     cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
     assert int(listing[2]) == min(LISTEN_BACKLOG, cap), listing  # Send-Q of a listener: its backlog
+
+
+def read_chunked_json(sock: socket.socket) -> tuple[int, str]:
+    """A chunked JSON error answer (the API's, through daphne): its status and code."""
+    sock.settimeout(10)
+    data = b""
+    while not data.endswith(b"\r\n0\r\n\r\n"):
+        more = sock.recv(65536)
+        assert more, f"connection closed mid-answer: {data!r}"
+        data += more
+    head, body = data.split(b"\r\n\r\n", 1)
+    payload, rest = b"", body
+    while True:
+        size_line, rest = rest.split(b"\r\n", 1)
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        payload, rest = payload + rest[:size], rest[size + 2 :]
+    return int(head.split(b" ")[1]), json.loads(payload)["code"]
+
+
+def test_a_burst_of_request_heads_takes_turns_and_every_one_is_answered(server):
+    """More new request heads at once than one loop turn parses (HEADS_PER_TURN): those beyond it
+    wait their turn, unread, and are then answered in full; a kept-alive connection's next request
+    takes its turn too, and a /health among them is parsed at once."""
+    from chatbot_site.serve import HEADS_PER_TURN
+
+    count = HEADS_PER_TURN * 25
+    socks = [connect(server) for _ in range(count)]
+    try:
+        request = b"GET /api/no-such-endpoint HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        for sock in socks:
+            sock.sendall(request)
+        with server.client() as client:
+            health = client.get("/health")
+            assert (health.status_code, health.json()) == (200, {"status": "healthy"})
+        answers = [read_chunked_json(sock) for sock in socks]
+        assert answers == [(404, "not_found")] * count
+        for sock in socks[: HEADS_PER_TURN * 2]:  # the same connections again
+            sock.sendall(request)
+        assert [read_chunked_json(sock) for sock in socks[: HEADS_PER_TURN * 2]] == [(404, "not_found")] * (
+            HEADS_PER_TURN * 2
+        )
+    finally:
+        for sock in socks:
+            sock.close()
