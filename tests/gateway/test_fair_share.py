@@ -55,7 +55,7 @@ def test_a_late_owner_starts_at_the_next_free_slot_not_after_the_backlog(start_s
     bob = next(i for i, body in enumerate(later) if "one for bob" in body)
     # A slot that frees while Bob's request is on its way (before it is committed) goes to Alice: that
     # is at most one of hers per slot ahead of him, never the other 90-odd of her backlog.
-    assert bob <= slots, [body[body.find("backlog"):][:12] for body in later[: bob + 1]]
+    assert bob <= slots, [body[body.find("backlog") :][:12] for body in later[: bob + 1]]
 
 
 def fill_and_measure(start_server, ollama, tmp_path: Path, weights: str) -> float:
