@@ -123,11 +123,11 @@ _memo: tuple[float, list[View]] | None = None
 MEMO_SECONDS = 1.0
 
 
-async def recent_views() -> list[View]:
-    """``views()`` read at most once a second per process: for the listings and ``/api/show``
-    (claims read the rows themselves, inside their transaction)."""
+async def recent_views(*, fresh: bool = False) -> list[View]:
+    """``views()`` read at most once a second per process (every time with ``fresh``): for the
+    listings and ``/api/show`` (claims read the rows themselves, inside their transaction)."""
     global _memo
-    if _memo is not None and time.monotonic() - _memo[0] < MEMO_SECONDS:
+    if not fresh and _memo is not None and time.monotonic() - _memo[0] < MEMO_SECONDS:
         return _memo[1]
     found = await run_blocking(views)
     _memo = (time.monotonic(), found)
@@ -138,6 +138,9 @@ async def server_for(model: str) -> str | None:
     """The server to ask about ``model`` outside the queue (``/api/show``, model facts): an up one
     that may serve it and has it, loaded first; None when the configuration lets none serve it."""
     candidates = [v for v in await recent_views() if v.server.allows(model)]
+    if candidates and not any(v.has(model) for v in candidates):
+        # Read before a probe listed it (a second after start-up, say): the rows may know better.
+        candidates = [v for v in await recent_views(fresh=True) if v.server.allows(model)]
     if not candidates:
         return None
     best = min(candidates, key=lambda v: (not v.up, not v.has(model), model_name(model) not in v.loaded))

@@ -4,6 +4,9 @@ emulators are in tests/gateway/test_several_servers.py."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -289,3 +292,14 @@ def test_affinity_keys():
     )
     assert len(affinity_key("generate", {"model": MODEL, "prompt": "p" * 5000})) == 32
     assert uuid.UUID(affinity_key("chat", one))  # 32 hex digits
+
+
+@pytest.mark.django_db(transaction=True)
+def test_show_asks_the_server_that_has_the_model_even_from_a_view_read_before_its_probe(monkeypatch):
+    """``/api/show`` and model facts read the servers' view at most once a second: one read before
+    the probes listed the models (just after start-up) sent a question about b's model to a, which
+    answered 404. A view in which no server has the model is read again."""
+    stale = [dataclasses.replace(view, tags=[]) for view in fleet.views()]
+    monkeypatch.setattr(fleet, "_memo", (time.monotonic(), stale))
+    assert asyncio.run(fleet.server_for(ONLY_B)) == "b"
+    assert asyncio.run(fleet.server_for(MODEL)) in {"a", "b", "c"}
