@@ -101,6 +101,8 @@ _INDEX_UPSERT = (
 # what went, whatever a sliding read changed meanwhile.
 _INDEX_TAKE = f'DELETE FROM "{_INDEX}" WHERE "alias" = %s AND {{where}} RETURNING "key", "size_bytes"'  # noqa: S608 - the model's table
 _INDEX_SIZE = f'SELECT "size_bytes" FROM "{_INDEX}" WHERE "alias" = %s AND "key" = %s'  # noqa: S608 - the model's table
+_INDEX_USED = f'SELECT "last_used" FROM "{_INDEX}" WHERE "alias" = %s AND "key" = %s'  # noqa: S608 - the model's table
+_INDEX_TOUCH = f'UPDATE "{_INDEX}" SET "last_used" = %s{{expiry}} WHERE "alias" = %s AND "key" = %s'  # noqa: S608 - the model's table; values are parameters
 # The alias's two totals rows (bytes, entries), hand-written: a store runs these at every answer,
 # and the ORM compiled each again every time (a quarter of a store's time in a py-spy profile).
 _COUNTERS = Counter._meta.db_table
@@ -176,30 +178,41 @@ class SizedCache:
         if raw is None:
             # The backend lost the value (expired, or evicted by Redis itself): drop its index row.
             # A read first: a miss should not take the database's write lock.
-            if answered and CacheEntry.objects.filter(alias=self.alias, key=key).exists():
+            if answered and self._last_used(key) is not None:
                 with self._locked() as cursor:
                     self._take(cursor, '"key" = %s', [key])
             if count:
                 counters.incr(self.misses)
             return None
         now = time.time()
-        fields: dict[str, Any] = {"last_used": now}
-        if self.sliding:
-            fields["expires_at"] = now + self.ttl_seconds
         # LRU order to the second is plenty: a key this process touched within the last second is
         # not touched again (no query at all), and one another process touched is not rewritten.
         if not 0 <= now - self._touched.get(key, -1e18) < LRU_RESOLUTION_SECONDS:
             if len(self._touched) > TOUCH_MEMO_SIZE:
                 self._touched.clear()
             self._touched[key] = now
-            entry = CacheEntry.objects.filter(alias=self.alias, key=key)
-            if not entry.filter(last_used__gte=now - LRU_RESOLUTION_SECONDS).exists() and not entry.update(
-                **fields
-            ):
+            used = self._last_used(key)
+            if used is None or (used < now - LRU_RESOLUTION_SECONDS and not self._touch(key, now)):
                 self._reindex(backend, key, raw, now)
         if count:
             counters.incr(self.hits)
         return self._decoded(key, raw)
+
+    def _last_used(self, key: str) -> float | None:
+        """When the key's index row was last used; None without one (a read only)."""
+        with connections[router.db_for_read(CacheEntry)].cursor() as cursor:
+            cursor.execute(_INDEX_USED, [self.alias, key])
+            row = cursor.fetchone()
+        return float(row[0]) if row is not None else None
+
+    def _touch(self, key: str, now: float) -> bool:
+        """Mark the key used now (its expiry moved too when sliding); False without an index row."""
+        expiry, params = (
+            (', "expires_at" = %s', [now, now + self.ttl_seconds]) if self.sliding else ("", [now])
+        )
+        with connections[router.db_for_write(CacheEntry)].cursor() as cursor:
+            cursor.execute(_INDEX_TOUCH.format(expiry=expiry), [*params, self.alias, key])
+            return bool(cursor.rowcount)
 
     def _decoded(self, key: str, raw: str) -> Any:
         """``raw`` decoded; a large value already decoded from the same text and still held by a

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -183,13 +183,22 @@ def record_failure(name: str, error: ApiError, now: datetime | None = None) -> N
         row.save(update_fields=fields)
 
 
+# A server with a failure or out of service (hand-written: every finished generation asks).
+_NOT_CLEAR = (
+    f'SELECT "state" FROM "{ServerState._meta.db_table}" '  # noqa: S608 - the model's table; values are parameters
+    'WHERE "name" = %s AND ("state" <> %s OR "failures" > 0)'
+)
+
+
 def record_success(name: str) -> None:
     """``name`` answered: its failures are forgotten and, if it was out, it is back in (blocking).
     One read while it is healthy (every finished generation calls this)."""
-    back = ServerState.objects.filter(name=name).filter(~Q(state=State.UP) | Q(failures__gt=0))
-    states = list(back.values_list("state", flat=True))
+    with connection.cursor() as cursor:
+        cursor.execute(_NOT_CLEAR, [name, State.UP])
+        states = [row[0] for row in cursor.fetchall()]
     if not states:
         return
+    back = ServerState.objects.filter(name=name)
     if State.OUT in states:
         logger.warning("Ollama server %s is back in", name)
     back.update(state=State.UP, failures=0, out_since=None, retry_at=None, backoff_seconds=0.0, last_error="")
