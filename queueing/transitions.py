@@ -160,13 +160,15 @@ def complete_from_cache(spec: JobSpec, entry: dict[str, Any]) -> Job:
 
 def _insert_once(job: Job, spec: JobSpec) -> Job | None:
     """Insert ``job``; the earlier request when one with the same Idempotency-Key won the race
-    (twenty at once once gave 500s). A savepoint keeps PostgreSQL's transaction usable after it."""
+    (twenty at once once gave 500s). A savepoint keeps PostgreSQL's transaction usable after it;
+    without a key there is no race to recover from, and no savepoint (two statements less)."""
+    if not spec.idempotency_key:
+        job.save(force_insert=True)
+        return None
     try:
         with transaction.atomic():
             job.save(force_insert=True)
     except IntegrityError:
-        if not spec.idempotency_key:
-            raise
         return Job.objects.get(owner=spec.owner, idempotency_key=spec.idempotency_key)
     return None
 
