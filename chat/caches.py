@@ -100,8 +100,7 @@ _INDEX_UPSERT = (
 # Index rows are deleted with RETURNING (SQLite 3.35+, PostgreSQL), so the totals lose exactly
 # what went, whatever a sliding read changed meanwhile.
 _INDEX_TAKE = f'DELETE FROM "{_INDEX}" WHERE "alias" = %s AND {{where}} RETURNING "key", "size_bytes"'  # noqa: S608 - the model's table
-_INDEX_SIZE = f'SELECT "size_bytes" FROM "{_INDEX}" WHERE "alias" = %s AND "key" = %s'  # noqa: S608 - the model's table
-_INDEX_USED = f'SELECT "last_used" FROM "{_INDEX}" WHERE "alias" = %s AND "key" = %s'  # noqa: S608 - the model's table
+_INDEX_ROW = f'SELECT "size_bytes", "last_used" FROM "{_INDEX}" WHERE "alias" = %s AND "key" = %s'  # noqa: S608 - the model's table
 _INDEX_TOUCH = f'UPDATE "{_INDEX}" SET "last_used" = %s{{expiry}} WHERE "alias" = %s AND "key" = %s'  # noqa: S608 - the model's table; values are parameters
 # The alias's two totals rows (bytes, entries), hand-written: a store runs these at every answer,
 # and the ORM compiled each again every time (a quarter of a store's time in a py-spy profile).
@@ -178,7 +177,7 @@ class SizedCache:
         if raw is None:
             # The backend lost the value (expired, or evicted by Redis itself): drop its index row.
             # A read first: a miss should not take the database's write lock.
-            if answered and self._last_used(key) is not None:
+            if answered and self._index_row(key) is not None:
                 with self._locked() as cursor:
                     self._take(cursor, '"key" = %s', [key])
             if count:
@@ -191,19 +190,22 @@ class SizedCache:
             if len(self._touched) > TOUCH_MEMO_SIZE:
                 self._touched.clear()
             self._touched[key] = now
-            used = self._last_used(key)
-            if used is None or (used < now - LRU_RESOLUTION_SECONDS and not self._touch(key, now)):
+            row = self._index_row(key)
+            if row is None or (row[1] < now - LRU_RESOLUTION_SECONDS and not self._touch(key, now)):
                 self._reindex(backend, key, raw, now)
         if count:
             counters.incr(self.hits)
         return self._decoded(key, raw)
 
-    def _last_used(self, key: str) -> float | None:
-        """When the key's index row was last used; None without one (a read only)."""
-        with connections[router.db_for_read(CacheEntry)].cursor() as cursor:
-            cursor.execute(_INDEX_USED, [self.alias, key])
-            row = cursor.fetchone()
-        return float(row[0]) if row is not None else None
+    def _index_row(self, key: str, cursor: Any = None) -> tuple[int, float] | None:
+        """The key's index row, its size and when it was last used; None without one. A read:
+        on ``cursor`` inside a ``_locked`` transaction, else on a cursor of its own."""
+        if cursor is None:
+            with connections[router.db_for_read(CacheEntry)].cursor() as own:
+                return self._index_row(key, own)
+        cursor.execute(_INDEX_ROW, [self.alias, key])
+        row = cursor.fetchone()
+        return (int(row[0]), float(row[1])) if row is not None else None
 
     def _touch(self, key: str, now: float) -> bool:
         """Mark the key used now (its expiry moved too when sliding); False without an index row."""
@@ -269,11 +271,11 @@ class SizedCache:
         self._touched.clear()
         backend = caches[self.alias]
         together = self._together(backend)
-        with self._locked():
+        with self._locked() as cursor:
             entries = CacheEntry.objects.filter(alias=self.alias)
             removed = entries.count()
             entries.delete()
-            self._set_totals(0, 0)
+            self._set_totals(cursor, 0, 0)
             if together:
                 backend.clear()  # a database cache: the table belongs to this alias alone
             else:
@@ -341,10 +343,10 @@ class SizedCache:
             prefix = backend.make_key("")
             if backend.make_key("k") == f"{prefix}k":  # Django's key function: prefix, version, key
                 orphan_values, orphan_entries = self._sweep(backend, prefix)
-        with self._locked():
+        with self._locked() as cursor:
             before = self.totals()
             entries, size = self._index_totals()
-            self._set_totals(size, entries)
+            self._set_totals(cursor, size, entries)
         return {
             "orphan_values": orphan_values,
             "orphan_entries": orphan_entries,
@@ -383,11 +385,9 @@ class SizedCache:
 
     def _record(self, cursor: Any, backend: BaseCache, key: str, size: int, now: float) -> None:
         """Index a stored value, then purge a batch of expired entries and evict beyond the limit."""
-        cursor.execute(_INDEX_SIZE, [self.alias, key])
-        found = cursor.fetchone()
-        old = int(found[0]) if found is not None else None
+        old = self._index_row(key, cursor)
         cursor.execute(_INDEX_UPSERT, [self.alias, key, size, now, now + self.ttl_seconds])
-        self._add_totals(size - (old or 0), 0 if old is not None else 1)
+        self._add_totals(cursor, size - (old[0] if old else 0), 0 if old else 1)
         self._purge(cursor, backend, now)
         self._evict_over(cursor, backend, keep=key)
 
@@ -415,7 +415,7 @@ class SizedCache:
 
     def _evict_over(self, cursor: Any, backend: BaseCache, *, keep: str | None) -> list[str]:
         """Evict least recently used entries (never ``keep``) until the total is within the limit."""
-        over = self._locked_bytes() - self.max_bytes
+        over = self._locked_bytes(cursor) - self.max_bytes
         if over <= 0:
             return []
         victims, freed = [], 0
@@ -442,7 +442,7 @@ class SizedCache:
         cursor.execute(_INDEX_TAKE.format(where=where), [self.alias, *params])
         rows = cursor.fetchall()
         if rows:
-            self._add_totals(-sum(size for _, size in rows), -len(rows))
+            self._add_totals(cursor, -sum(size for _, size in rows), -len(rows))
         return [key for key, _ in rows]
 
     def _sweep(self, backend: cache_backends.UpsertDatabaseCache, prefix: str) -> tuple[int, int]:
@@ -507,23 +507,22 @@ class SizedCache:
         row = CacheEntry.objects.filter(alias=self.alias).aggregate(n=Count("id"), size=Sum("size_bytes"))
         return row["n"] or 0, row["size"] or 0
 
-    def _locked_bytes(self) -> int:
-        with connections[router.db_for_write(CacheEntry)].cursor() as cursor:
-            cursor.execute(_TOTALS_READ, [self.bytes_counter])
-            return int(cursor.fetchone()[0])
+    # The totals rows, on the cursor of the ``_locked`` transaction that holds them.
 
-    def _add_totals(self, size: int, entries: int) -> None:
-        self._update_totals(size, entries, add=True)
+    def _locked_bytes(self, cursor: Any) -> int:
+        cursor.execute(_TOTALS_READ, [self.bytes_counter])
+        return int(cursor.fetchone()[0])
 
-    def _set_totals(self, size: int, entries: int) -> None:
-        self._update_totals(size, entries, add=False)
+    def _add_totals(self, cursor: Any, size: int, entries: int) -> None:
+        self._update_totals(cursor, size, entries, add=True)
 
-    def _update_totals(self, size: int, entries: int, *, add: bool) -> None:
+    def _set_totals(self, cursor: Any, size: int, entries: int) -> None:
+        self._update_totals(cursor, size, entries, add=False)
+
+    def _update_totals(self, cursor: Any, size: int, entries: int, *, add: bool) -> None:
         """Both totals rows in one statement: ``size`` to the bytes, ``entries`` to the entries."""
         sql = _TOTALS_CHANGE.format(base='"value" + ' if add else "")
-        names = [self.bytes_counter, self.entries_counter]
-        with connections[router.db_for_write(CacheEntry)].cursor() as cursor:
-            cursor.execute(sql, [self.bytes_counter, size, entries, *names])
+        cursor.execute(sql, [self.bytes_counter, size, entries, self.bytes_counter, self.entries_counter])
 
 
 response_cache = SizedCache(

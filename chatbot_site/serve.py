@@ -89,8 +89,18 @@ HEADS_PER_TURN = 8
 # defaults ran a full collection every second or so, each 40-90 ms with the loop stopped (the
 # longest /health waits left); with these none ran during the burst and the young ones stayed short.
 GC_THRESHOLDS = (2000, 20, 20)
-# Request lines that skip the queue: the liveness probe, which must answer under any load.
-PROBE_LINES = (b"GET /health ", b"GET /health?", b"HEAD /health ", b"HEAD /health?")
+
+
+def is_probe(method: bytes, target: bytes) -> bool:
+    """A liveness probe (``GET``/``HEAD /health``, any query): it skips the head turns and its
+    application task runs ahead of the backlog, since it must answer under any load."""
+    return method in (b"GET", b"HEAD") and target.split(b"?", 1)[0] == b"/health"
+
+
+def probe_head(data: bytes) -> bool:
+    """Whether the first bytes of a request head are a probe's request line."""
+    method, _, rest = data.partition(b" ")
+    return is_probe(method, rest.split(b" ", 1)[0])
 
 
 def error_body(message: str, code: str) -> bytes:
@@ -318,7 +328,7 @@ class GuardedRequest(WebRequest):
             # daphne hands the socket to its WebSocket protocol and this channel never hears of
             # its end: its slot is given back now (daphne times WebSocket handshakes out itself).
             self.channel.pool.release_slot(self.channel)
-        if self.method in (b"GET", b"HEAD") and self.path == b"/health":
+        if is_probe(self.method, self.path):
             # The probe's application task runs ahead of the backlog (chatbot_site.loop).
             return loop.urgent(super().process)
         return super().process()
@@ -478,15 +488,15 @@ class GuardedHTTPFactory(HTTPFactory):
 
     def take_turn(self, channel: GuardedChannel, data: bytes) -> bool:
         """Whether ``channel``'s new request head may be parsed now; if not, it joins the queue."""
-        if data.startswith(PROBE_LINES):
+        if probe_head(data):
             return True
-        if self.waiting or self.turn_heads >= HEADS_PER_TURN:
+        now = not self.waiting and self.turn_heads < HEADS_PER_TURN
+        if now:
+            self.turn_heads += 1
+        else:
             self.waiting.append(channel)
-            self._next_turn()
-            return False
-        self.turn_heads += 1
-        self._next_turn()
-        return True
+        self._next_turn()  # the count starts again next turn, and the waiting get theirs
+        return now
 
     def _next_turn(self) -> None:
         if self._turn_call is None:
